@@ -1,0 +1,1 @@
+"""dc-pipeline: a data-centric ML pipeline orchestrated by Dagster."""

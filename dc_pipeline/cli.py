@@ -1,0 +1,89 @@
+"""The ``dc-pipeline`` command: demo data, and materializing the pipeline without the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def load_dotenv(path: Path = Path(".env")) -> None:
+    """Apply ``.env`` (KEY=VALUE lines) without overriding variables already set, as ``dagster dev`` does."""
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                os.environ.setdefault(key.strip(), value.strip())
+
+
+def complete_batches(landing: Path, source: str) -> list[str]:
+    from dc_pipeline.core.manifests import is_complete
+
+    folder = landing / source
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and is_complete(p)) if folder.is_dir() else []
+
+
+def materialize_all(defs, instance, landing: Path, sources: list[str], log=print) -> bool:
+    """Register every complete landing batch as a partition, ingest each, then refresh downstream.
+
+    Returns True when every run succeeded. A batch that fails its blocking checks fails its own run
+    and stays out of clean data; the others go on.
+    """
+    from dc_pipeline.jobs import ingest_job_name
+    from dc_pipeline.stages.ingestion import batches_of
+
+    ok = True
+    for source in sources:
+        partitions = batches_of(source).name
+        known = set(instance.get_dynamic_partitions(partitions))
+        batches = complete_batches(landing, source)
+        new = [b for b in batches if b not in known]
+        if new:
+            instance.add_dynamic_partitions(partitions, new)
+        for batch in batches:
+            result = defs.resolve_job_def(ingest_job_name(source)).execute_in_process(
+                partition_key=batch, instance=instance, raise_on_error=False)
+            ok &= result.success
+            log(f"ingest {source}/{batch}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+    result = defs.resolve_job_def("refresh_downstream").execute_in_process(instance=instance, raise_on_error=False)
+    log(f"refresh_downstream: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+    return ok and result.success
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dc-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo-data", help="write the demo landing zone (three sources) if it is empty")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--force", action="store_true", help="write even if the landing zone has batches")
+    sub.add_parser("materialize", help="ingest every complete batch and refresh everything downstream (no UI)")
+    args = parser.parse_args(argv)
+    load_dotenv()
+    data_dir = Path(os.environ.get("DC_DATA_DIR", "data"))
+
+    if args.command == "demo-data":
+        from dc_pipeline.core.demo_data import write_demo_landing
+
+        landing = data_dir / "landing"
+        if landing.is_dir() and any(landing.iterdir()) and not args.force:
+            print(f"{landing} already has batches; leaving it as it is (use --force to add the demo batches)")
+            return 0
+        counts = write_demo_landing(landing, seed=args.seed)
+        print(f"wrote the demo landing zone under {landing}; injected faults: {counts}")
+        return 0
+
+    if args.command == "materialize":
+        from dagster import DagsterInstance
+
+        from dc_pipeline.definitions import contract_sources, defs
+
+        instance = DagsterInstance.get()
+        ok = materialize_all(defs, instance, data_dir / "landing", contract_sources())
+        return 0 if ok else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

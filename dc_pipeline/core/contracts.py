@@ -1,0 +1,230 @@
+"""Source contracts: what each source promises to deliver, and how it maps onto the canonical record.
+
+A contract is one YAML file per source (see ``dc_pipeline/contracts/``). It names the manifest file
+and format, every column with its logical types and the aliases it tolerates, the canonical field
+each column feeds, the label vocabulary and the timestamp format. ``_project.yaml`` beside them
+holds the project-wide settings (class ids, image bounds, plausible time range).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CANONICAL_FIELDS = ("record_id", "image", "label", "captured_at", "device_id")
+REQUIRED_FIELDS = ("record_id", "image", "label", "captured_at")
+LOGICAL_TYPES = ("integer", "float", "string", "binary", "boolean", "object")
+MANIFEST_FORMATS = ("csv", "jsonl", "parquet")
+PROJECT_FILE = "_project.yaml"
+
+
+class ContractError(ValueError):
+    """A contract file is malformed."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    field: str
+    types: tuple[str, ...]
+    nullable: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceContract:
+    source: str
+    description: str
+    manifest_file: str
+    manifest_format: str
+    columns: tuple[ColumnSpec, ...]
+    image_kind: str  # "path" (relative file) or "inline" (bytes in the manifest)
+    label_map: dict[str, int]
+    label_class_ids: bool
+    timestamp_format: str  # "iso8601", "epoch_ms", "epoch_s" or a strftime pattern
+    timestamp_timezone: str
+    version: str  # sha256 of the contract file, first 12 hex digits
+
+    def column_for(self, canonical_field: str) -> ColumnSpec | None:
+        return next((c for c in self.columns if c.field == canonical_field), None)
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    classes: tuple[int, ...]
+    image_formats: tuple[str, ...]
+    image_modes: tuple[str, ...]
+    min_side: int
+    max_side: int
+    max_pixels: int
+    max_file_bytes: int
+    earliest: datetime
+    max_future: timedelta
+
+
+@dataclass(frozen=True)
+class Contracts:
+    project: ProjectSpec
+    sources: dict[str, SourceContract] = field(default_factory=dict)
+
+    def __getitem__(self, source: str) -> SourceContract:
+        try:
+            return self.sources[source]
+        except KeyError:
+            raise ContractError(f"no contract for source {source!r}; known: {sorted(self.sources)}") from None
+
+
+def _parse_duration(text: str) -> timedelta:
+    m = re.fullmatch(r"\s*(\d+)\s*(second|minute|hour|day)s?\s*", str(text))
+    if not m:
+        raise ContractError(f"cannot read duration {text!r} (use e.g. '1 day')")
+    return timedelta(**{m.group(2) + "s": int(m.group(1))})
+
+
+def _load_project(path: Path) -> ProjectSpec:
+    raw = yaml.safe_load(path.read_text())
+    img, ts = raw["images"], raw["timestamps"]
+    return ProjectSpec(
+        classes=tuple(int(c) for c in raw["classes"]),
+        image_formats=tuple(img["formats"]),
+        image_modes=tuple(img["modes"]),
+        min_side=int(img["min_side"]),
+        max_side=int(img["max_side"]),
+        max_pixels=int(img["max_pixels"]),
+        max_file_bytes=int(img["max_file_bytes"]),
+        earliest=datetime.fromisoformat(str(ts["earliest"]).replace("Z", "+00:00")),
+        max_future=_parse_duration(ts["max_future"]),
+    )
+
+
+def load_contract(path: Path) -> SourceContract:
+    text = path.read_text()
+    raw = yaml.safe_load(text)
+    where = f"contract {path.name}"
+    try:
+        fmt = raw["manifest"]["format"]
+        if fmt not in MANIFEST_FORMATS:
+            raise ContractError(f"{where}: manifest format {fmt!r} not one of {MANIFEST_FORMATS}")
+        columns = []
+        for name, spec in raw["columns"].items():
+            types = tuple(spec["types"])
+            bad = set(types) - set(LOGICAL_TYPES)
+            if bad:
+                raise ContractError(f"{where}: column {name}: unknown types {sorted(bad)}")
+            if spec["field"] not in CANONICAL_FIELDS:
+                raise ContractError(f"{where}: column {name}: field {spec['field']!r} not in {CANONICAL_FIELDS}")
+            columns.append(
+                ColumnSpec(
+                    name=name,
+                    field=spec["field"],
+                    types=types,
+                    nullable=bool(spec.get("nullable", False)),
+                    aliases=tuple(spec.get("aliases", ())),
+                )
+            )
+        fields = [c.field for c in columns]
+        missing = [f for f in REQUIRED_FIELDS if f not in fields]
+        if missing or len(set(fields)) != len(fields):
+            raise ContractError(f"{where}: every field in {REQUIRED_FIELDS} must be fed by exactly one column")
+        labels = raw.get("labels", {})
+        image_kind = raw["image"]["kind"]
+        if image_kind not in ("path", "inline"):
+            raise ContractError(f"{where}: image kind must be 'path' or 'inline'")
+        return SourceContract(
+            source=raw["source"],
+            description=raw.get("description", ""),
+            manifest_file=raw["manifest"]["file"],
+            manifest_format=fmt,
+            columns=tuple(columns),
+            image_kind=image_kind,
+            label_map={str(k).strip().lower(): int(v) for k, v in (labels.get("map") or {}).items()},
+            label_class_ids=bool(labels.get("class_ids", False)),
+            timestamp_format=raw["timestamp"]["format"],
+            timestamp_timezone=raw["timestamp"].get("timezone", "UTC"),
+            version=hashlib.sha256(text.encode()).hexdigest()[:12],
+        )
+    except KeyError as exc:
+        raise ContractError(f"{where}: missing key {exc}") from None
+
+
+def load_contracts(directory: str | Path) -> Contracts:
+    """Load ``_project.yaml`` and every ``<source>.yaml`` contract in ``directory``."""
+    directory = Path(directory)
+    project_file = directory / PROJECT_FILE
+    if not project_file.exists():
+        raise ContractError(f"{project_file} not found")
+    sources = {}
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name == PROJECT_FILE:
+            continue
+        contract = load_contract(path)
+        if contract.source != path.stem:
+            raise ContractError(f"contract {path.name} declares source {contract.source!r}; name the file after it")
+        sources[contract.source] = contract
+    return Contracts(project=_load_project(project_file), sources=sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and timestamps
+
+
+def normalize_label(raw: Any, contract: SourceContract, classes: tuple[int, ...]) -> tuple[int | None, str | None]:
+    """Map a raw label onto a class id. Returns ``(class_id, None)`` or ``(None, reason)``."""
+    if raw is None or (isinstance(raw, float) and raw != raw) or str(raw).strip() == "":
+        return None, "missing_label"
+    token = str(raw).strip().lower()
+    if token in contract.label_map:
+        return contract.label_map[token], None
+    if contract.label_class_ids and re.fullmatch(r"[+-]?\d+", token) and int(token) in classes:
+        return int(token), None
+    return None, "unknown_label"
+
+
+def parse_timestamp(raw: Any, contract: SourceContract) -> datetime | None:
+    """Parse a raw timestamp into an aware UTC datetime, or None when it does not fit the format."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    text = str(raw).strip()
+    fmt = contract.timestamp_format
+    try:
+        if fmt in ("epoch_ms", "epoch_s"):
+            if not re.fullmatch(r"[+-]?\d+", text):
+                return None
+            value = int(text) / (1000 if fmt == "epoch_ms" else 1)
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        if fmt == "iso8601":
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:  # ISO 8601 without an offset is ambiguous: refuse it
+                return None
+        else:
+            parsed = datetime.strptime(text, fmt)
+            if parsed.tzinfo is None:
+                from zoneinfo import ZoneInfo
+
+                parsed = parsed.replace(tzinfo=ZoneInfo(contract.timestamp_timezone))
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def contract_summary(contract: SourceContract) -> dict[str, Any]:
+    """A JSON-able description, for metadata and docs."""
+    return {
+        "source": contract.source,
+        "version": contract.version,
+        "manifest": f"{contract.manifest_file} ({contract.manifest_format})",
+        "columns": {c.name: {"field": c.field, "types": list(c.types), "nullable": c.nullable,
+                             "aliases": list(c.aliases)} for c in contract.columns},
+        "timestamp_format": contract.timestamp_format,
+    }
+
+
+def stable_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

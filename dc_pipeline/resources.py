@@ -1,0 +1,65 @@
+"""Resources: where the pipeline keeps its files and its warehouse. Paths come from environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource, EnvVar
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+PACKAGED_CONTRACTS = Path(__file__).resolve().parent / "contracts"
+
+
+class DataLake(ConfigurableResource):
+    """The pipeline's folders: landing zone, content-addressed image store, artifacts, reports, contracts."""
+
+    root: str = Field(description="Data folder; the others default to sub-folders of it.")
+    contracts_dir: str = Field(default=str(PACKAGED_CONTRACTS), description="Folder of source contracts (YAML).")
+
+    @property
+    def landing(self) -> Path:
+        return Path(self.root) / "landing"
+
+    @property
+    def objects(self) -> Path:
+        return Path(self.root) / "objects"
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.root) / "artifacts"
+
+    @property
+    def reports(self) -> Path:
+        return Path(self.root) / "reports"
+
+    def batch_dir(self, source: str, batch_id: str) -> Path:
+        return self.landing / source / batch_id
+
+    def contracts(self):
+        from dc_pipeline.core.contracts import load_contracts
+
+        return load_contracts(self.contracts_dir)
+
+    def object_store(self):
+        from dc_pipeline.core.images import ObjectStore
+
+        return ObjectStore(self.objects)
+
+
+def default_resources() -> dict:
+    """Resources read from ``DC_DATA_DIR``, ``DC_WAREHOUSE`` and ``DC_CONTRACTS_DIR`` (see ``.env``)."""
+    import os
+
+    lake = DataLake(root=EnvVar("DC_DATA_DIR"),
+                    contracts_dir=EnvVar("DC_CONTRACTS_DIR") if os.getenv("DC_CONTRACTS_DIR") else str(PACKAGED_CONTRACTS))
+    return {"lake": lake, "warehouse": DuckDBResource(database=EnvVar("DC_WAREHOUSE"))}
+
+
+def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None) -> dict:
+    """Resources rooted at an explicit folder (tests, scripts)."""
+    data_dir = Path(data_dir)
+    return {
+        "lake": DataLake(root=str(data_dir), contracts_dir=str(contracts_dir or PACKAGED_CONTRACTS)),
+        "warehouse": DuckDBResource(database=str(data_dir / "warehouse.duckdb")),
+    }

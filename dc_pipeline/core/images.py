@@ -86,6 +86,8 @@ def inspect_image(data: bytes, project: ProjectSpec) -> DecodedImage:
         raise ImageRejected("image_file_too_large", f"{len(data)} bytes > {project.max_file_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("image_too_large", str(exc)) from None
     except Exception as exc:
         raise ImageRejected("undecodable_image", f"not a readable image: {exc}") from None
     w, h = img.size

@@ -1,0 +1,85 @@
+"""Shared fixtures: a generated landing zone, real DuckDB files and a real Dagster instance per test."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, materialize
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from dc_pipeline.core.demo_data import write_demo_landing  # noqa: E402
+from dc_pipeline.definitions import build_definitions, contract_sources  # noqa: E402
+from dc_pipeline.resources import resources_for  # noqa: E402
+from dc_pipeline.stages.ingestion import batches_of, build_ingestion, raw_key  # noqa: E402
+
+SOURCES = contract_sources()
+
+
+@dataclass
+class Pipeline:
+    """A pipeline over its own data folder and Dagster instance."""
+
+    data: Path
+    instance: DagsterInstance
+    resources: dict
+
+    def __post_init__(self):
+        self.defs = build_definitions(SOURCES, self.resources)
+
+    @property
+    def landing(self) -> Path:
+        return self.data / "landing"
+
+    def ingest(self, source: str, batch_id: str, raise_on_error: bool = False):
+        """Materialize one raw partition with its checks, as the ingestion job does."""
+        name = batches_of(source).name
+        if batch_id not in self.instance.get_dynamic_partitions(name):
+            self.instance.add_dynamic_partitions(name, [batch_id])
+        return materialize(build_ingestion(source), partition_key=batch_id, instance=self.instance,
+                           resources=self.resources, raise_on_error=raise_on_error)
+
+    def refresh(self, raise_on_error: bool = False):
+        return self.defs.resolve_job_def("refresh_downstream").execute_in_process(
+            instance=self.instance, raise_on_error=raise_on_error)
+
+    def ingest_all(self):
+        for source in SOURCES:
+            for batch in sorted(p.name for p in (self.landing / source).iterdir()):
+                assert self.ingest(source, batch).success, f"{source}/{batch} failed"
+
+    def sql(self, query: str, params=None) -> pd.DataFrame:
+        with duckdb.connect(str(self.data / "warehouse.duckdb"), read_only=True) as conn:
+            return conn.execute(query, params or []).df()
+
+    def check_passed(self, result, check_name: str) -> list[bool]:
+        return [e.passed for e in result.get_asset_check_evaluations() if e.check_name == check_name]
+
+
+def make_pipeline(path: Path, demo: bool = True) -> Pipeline:
+    if demo:
+        write_demo_landing(path / "landing", seed=7)
+    return Pipeline(data=path, instance=DagsterInstance.ephemeral(), resources=resources_for(path))
+
+
+@pytest.fixture
+def pipeline(tmp_path) -> Pipeline:
+    """A fresh demo landing zone, nothing ingested yet."""
+    return make_pipeline(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Pipeline:
+    """The whole demo ingested and cleaned once (shared, read-only)."""
+    p = make_pipeline(tmp_path_factory.mktemp("demo"))
+    p.ingest_all()
+    p.refresh_result = p.refresh()
+    assert p.refresh_result.success
+    return p
+
+
+__all__ = ["Pipeline", "make_pipeline", "materialize", "raw_key"]

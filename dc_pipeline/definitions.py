@@ -14,6 +14,7 @@ warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions
 
 from dc_pipeline.jobs import downstream_job, ingestion_jobs
 from dc_pipeline.resources import PACKAGED_CONTRACTS, default_resources
+from dc_pipeline.stages import features
 from dc_pipeline.stages.cleaning import build_cleaning
 from dc_pipeline.stages.ingestion import build_ingestion
 
@@ -25,10 +26,9 @@ def contract_sources(contracts_dir: str | Path | None = None) -> list[str]:
 
 
 def build_definitions(sources: list[str], resources: dict) -> Definitions:
-    assets_and_checks = [d for s in sources for d in build_ingestion(s)] + build_cleaning(sources)
-    assets = [d for d in assets_and_checks if not hasattr(d, "check_keys") or getattr(d, "keys", None)]
-    checks = [d for d in assets_and_checks if d not in assets]
-    return Definitions(assets=assets, asset_checks=checks, resources=resources,
+    assets_and_checks = [d for s in sources for d in build_ingestion(s)] + build_cleaning(sources) + [
+        features.features, features.feature_expectations]
+    return Definitions(assets=assets_and_checks, resources=resources,
                        jobs=[*ingestion_jobs(sources), downstream_job(sources)])
 
 

@@ -12,7 +12,7 @@ PACKAGED_CONTRACTS = Path(__file__).resolve().parent / "contracts"
 
 
 class DataLake(ConfigurableResource):
-    """The pipeline's folders: landing zone, content-addressed image store, artifacts, reports, contracts."""
+    """The pipeline's folders: landing zone, image store, dataset versions, artifacts, reports, contracts."""
 
     root: str = Field(description="Data folder; the others default to sub-folders of it.")
     contracts_dir: str = Field(default=str(PACKAGED_CONTRACTS), description="Folder of source contracts (YAML).")
@@ -24,6 +24,10 @@ class DataLake(ConfigurableResource):
     @property
     def objects(self) -> Path:
         return Path(self.root) / "objects"
+
+    @property
+    def datasets(self) -> Path:
+        return Path(self.root) / "datasets"
 
     @property
     def artifacts(self) -> Path:

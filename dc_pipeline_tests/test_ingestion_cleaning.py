@@ -9,7 +9,8 @@ from dc_pipeline.core.demo_data import FAULTS
 def test_every_check_is_green_on_the_demo(demo):
     result = demo.refresh_result
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {"accounting": True, "clean_expectations": True, "class_balance": True}
+    assert evaluations == {"accounting": True, "clean_expectations": True, "class_balance": True,
+                           "feature_expectations": True}
     gate = demo.sql("SELECT * FROM raw.batch_gate")
     assert len(gate) == 2 * 5 and gate["passed"].all()
 

@@ -45,12 +45,12 @@ class ValidationSummary:
     def failed(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, prefix: str = "") -> dict[str, Any]:
         """Plain-typed figures for Dagster metadata, one entry per expectation."""
-        out: dict[str, Any] = {"expectations_evaluated": len(self.outcomes),
-                               "expectations_failed": len(self.failed())}
+        out: dict[str, Any] = {f"{prefix}expectations_evaluated": len(self.outcomes),
+                               f"{prefix}expectations_failed": len(self.failed())}
         for o in self.outcomes:
-            key = o.expectation.removeprefix("expect_") + (f"[{o.column}]" if o.column else "")
+            key = prefix + o.expectation.removeprefix("expect_") + (f"[{o.column}]" if o.column else "")
             out[key] = {k: v for k, v in {
                 "success": o.success, "element_count": o.element_count, "unexpected_count": o.unexpected_count,
                 "unexpected_percent": o.unexpected_percent, "observed_value": o.observed_value,

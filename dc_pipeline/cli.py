@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--force", action="store_true", help="write even if the landing zone has batches")
     sub.add_parser("materialize", help="ingest every complete batch and refresh everything downstream (no UI)")
+    rep = sub.add_parser("reproduce", help="retrain a registered model version and compare the weights' sha256")
+    rep.add_argument("version", help="a version id, or champion / challenger")
     args = parser.parse_args(argv)
     load_dotenv()
     data_dir = Path(os.environ.get("DC_DATA_DIR", "data"))
@@ -82,7 +84,35 @@ def main(argv: list[str] | None = None) -> int:
         instance = DagsterInstance.get()
         ok = materialize_all(defs, instance, data_dir / "landing", contract_sources())
         return 0 if ok else 1
+    if args.command == "reproduce":
+        return reproduce(args.version, data_dir)
     return 2
+
+
+def reproduce(ref: str, data_dir: Path) -> int:
+    """Retrain from the recorded dataset hash, config and seed; 0 when the weights' sha256 matches."""
+    from dc_pipeline.api import _connect, _paths, load_split
+    from dc_pipeline.core.modeling import class_index
+    from dc_pipeline.core.provenance import code_version
+    from dc_pipeline.core.registry import Registry
+    from dc_pipeline.core.training import TrainConfig, train
+
+    data, db = _paths(data_dir, None)
+    with _connect(db) as conn:
+        record = Registry(conn, data / "artifacts").get(ref)
+    classes = record["model_spec"]["classes"]
+    splits = {s: load_split(s, data, db, dataset_hash=record["dataset_hash"]) for s in ("train", "val")}
+    now = code_version()
+    print(f"reproducing {record['version_id']} ({record['kind']}) on dataset {record['dataset_hash'][:12]}, "
+          f"seed {record['seed']}; recorded code {record['code_version']}, current code {now['label']}")
+    result = train(splits["train"][0], class_index(splits["train"][1], classes),
+                   splits["val"][0], class_index(splits["val"][1], classes),
+                   TrainConfig(**record["config"]), mode=record["kind"])
+    same = result.weights_sha256 == record["weights_sha256"]
+    print(f"registered weights sha256 {record['weights_sha256']}\nretrained  weights sha256 {result.weights_sha256}")
+    print("MATCH: bit-identical weights" if same else "MISMATCH: the weights differ"
+          + ("" if now["label"] == record["code_version"] else " (the code version differs too)"))
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

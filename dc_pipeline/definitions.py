@@ -14,7 +14,7 @@ warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions
 
 from dc_pipeline.jobs import downstream_job, ingestion_jobs
 from dc_pipeline.resources import PACKAGED_CONTRACTS, default_resources
-from dc_pipeline.stages import features
+from dc_pipeline.stages import augmentation, evaluation, features, training
 from dc_pipeline.stages.cleaning import build_cleaning
 from dc_pipeline.stages.ingestion import build_ingestion
 
@@ -27,7 +27,10 @@ def contract_sources(contracts_dir: str | Path | None = None) -> list[str]:
 
 def build_definitions(sources: list[str], resources: dict) -> Definitions:
     assets_and_checks = [d for s in sources for d in build_ingestion(s)] + build_cleaning(sources) + [
-        features.features, features.feature_expectations]
+        features.features, features.feature_expectations,
+        augmentation.augmented_samples, augmentation.label_preservation,
+        training.baseline_model, training.augmix_model,
+        evaluation.corrupted_test_set, evaluation.model_evaluation, evaluation.promotion_gate, evaluation.champion]
     return Definitions(assets=assets_and_checks, resources=resources,
                        jobs=[*ingestion_jobs(sources), downstream_job(sources)])
 

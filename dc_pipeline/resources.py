@@ -37,6 +37,9 @@ class DataLake(ConfigurableResource):
     def reports(self) -> Path:
         return Path(self.root) / "reports"
 
+    def root_path(self, *parts: str) -> Path:
+        return Path(self.root).joinpath(*parts)
+
     def batch_dir(self, source: str, batch_id: str) -> Path:
         return self.landing / source / batch_id
 

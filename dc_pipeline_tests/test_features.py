@@ -59,10 +59,10 @@ def test_demo_dataset_version(demo):
 def test_splits_survive_growth_and_the_check_catches_a_broken_version(pipeline):
     pipeline.ingest("field_app", "batch-0001")
     pipeline.ingest("field_app", "batch-0002")
-    assert pipeline.refresh().success
+    assert pipeline.refresh_data().success
     first = pipeline.sql("SELECT sha256, split FROM features.dataset_index")
     pipeline.ingest_all()
-    result = pipeline.refresh()
+    result = pipeline.refresh_data()
     assert result.success
     grown = pipeline.sql("SELECT sha256, split FROM features.dataset_index")
     assert len(grown) > len(first)
@@ -81,7 +81,7 @@ def test_splits_survive_growth_and_the_check_catches_a_broken_version(pipeline):
     x[0, 0, 0] = np.nan
     x[1, 0, 0] = 3.0
     np.save(path, x)
-    rerun = pipeline.refresh()  # same data, same version hash: the shards are not rewritten
+    rerun = pipeline.refresh_data()  # same data, same version hash: the shards are not rewritten
     assert not rerun.success
     evaluation = next(e for e in rerun.get_asset_check_evaluations() if e.check_name == "feature_expectations")
     assert not evaluation.passed

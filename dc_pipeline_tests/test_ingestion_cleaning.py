@@ -10,7 +10,7 @@ def test_every_check_is_green_on_the_demo(demo):
     result = demo.refresh_result
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations == {"accounting": True, "clean_expectations": True, "class_balance": True,
-                           "feature_expectations": True}
+                           "feature_expectations": True, "label_preservation": True, "promotion_gate": True}
     gate = demo.sql("SELECT * FROM raw.batch_gate")
     assert len(gate) == 2 * 5 and gate["passed"].all()
 
@@ -93,9 +93,9 @@ def test_rematerializing_a_partition_replaces_its_rows(pipeline):
     again = after[after.batch_id == "batch-0001"].drop(columns=["ingested_at"])
     pd.testing.assert_frame_equal(before.sort_values("row_number").reset_index(drop=True),
                                   again.sort_values("row_number").reset_index(drop=True))
-    assert pipeline.refresh().success
+    assert pipeline.refresh_data().success
     first = pipeline.sql("SELECT * FROM clean.images ORDER BY image_id")
-    assert pipeline.refresh().success
+    assert pipeline.refresh_data().success
     pd.testing.assert_frame_equal(first, pipeline.sql("SELECT * FROM clean.images ORDER BY image_id"))
     history = pipeline.sql("SELECT * FROM raw.schema_history")
     assert len(history) == 4, "every materialization is recorded in the schema history"

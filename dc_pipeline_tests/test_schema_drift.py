@@ -66,7 +66,7 @@ def test_unknown_missing_and_retyped_columns_block_the_batch(pipeline):
         assert history["status"].item() == "blocked" and message in history["messages"].item()
         kept = pipeline.sql(f"SELECT count(*) AS n FROM raw.{source} WHERE batch_id = ?", [batch_id])
         assert kept["n"].item() > 0, "the raw batch is kept, with the reason"
-    refreshed = pipeline.refresh()
+    refreshed = pipeline.refresh_data()
     assert refreshed.success
     for source, batch_id, message in cases:
         images = pipeline.sql("SELECT count(*) AS n FROM clean.lineage WHERE batch_id = ?", [batch_id])
@@ -88,7 +88,7 @@ def test_a_mostly_broken_batch_fails_batch_quality_and_stays_out(pipeline):
     quality = next(e for e in result.get_asset_check_evaluations() if e.check_name == "batch_quality")
     assert not quality.passed
     assert quality.metadata["expectations_failed"].value == 1
-    assert pipeline.refresh().success
+    assert pipeline.refresh_data(features=False).success
     q = pipeline.sql("SELECT reason, detail FROM clean.quarantine WHERE batch_id = 'batch-garbage'")
     assert len(q) == len(lines) and set(q["reason"]) == {"batch_blocked"}
     assert "batch_quality failed" in q["detail"].iloc[0]

@@ -1,0 +1,259 @@
+"""AugMix throughput: the batched engine against per-image torchvision and a PIL reference.
+
+Run from the repository root: ``python benchmarks/augmix_throughput.py``. It measures,
+in one run and on the same images (sklearn digits, 28x28x1 and coloured 32x32x3,
+batch 256, ``torch.set_num_threads(2)``):
+
+* ``dc_pipeline.augmix.AugMix`` on the whole batch (float tensors);
+* ``torchvision.transforms.v2.AugMix`` called per image on uint8 tensors, configured
+  as in the paper (severity 3, width 3, depth -1, alpha 1, ``all_ops=False``);
+* a per-image PIL implementation in the style of the reference code
+  (google-research/augmix ``augmentations.py`` and ``cifar.py``'s ``aug``).
+
+The three are interleaved in every repeat, so that a busy machine slows them alike;
+the table reports medians over the repeats and is written to
+``benchmarks/results/augmix_throughput.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageOps
+from sklearn.datasets import load_digits
+from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dc_pipeline.augmix import AugMix  # noqa: E402
+
+BATCH = 256
+RESULTS = Path(__file__).resolve().parent / "results" / "augmix_throughput.md"
+
+
+# --------------------------------------------------------------------------- PIL reference
+# A small copy of the reference ops (augmentations.py) with the image size taken from
+# the image, and of cifar.py's aug() with numpy Dirichlet/Beta and preprocess = to float.
+
+
+class PilAugMix:
+    def __init__(self, severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0, seed: int = 0):
+        self.severity, self.width, self.depth, self.alpha = severity, width, depth, alpha
+        self.rng = np.random.RandomState(seed)
+        self.ops = [
+            self.autocontrast, self.equalize, self.posterize, self.rotate, self.solarize,
+            self.shear_x, self.shear_y, self.translate_x, self.translate_y,
+        ]  # fmt: skip
+
+    @staticmethod
+    def _int_parameter(level: float, maxval: float) -> int:
+        return int(level * maxval / 10)
+
+    @staticmethod
+    def _float_parameter(level: float, maxval: float) -> float:
+        return float(level) * maxval / 10.0
+
+    def _level(self) -> float:
+        return self.rng.uniform(low=0.1, high=self.severity)
+
+    def autocontrast(self, img: Image.Image) -> Image.Image:
+        return ImageOps.autocontrast(img)
+
+    def equalize(self, img: Image.Image) -> Image.Image:
+        return ImageOps.equalize(img)
+
+    def posterize(self, img: Image.Image) -> Image.Image:
+        return ImageOps.posterize(img, 4 - self._int_parameter(self._level(), 4))
+
+    def rotate(self, img: Image.Image) -> Image.Image:
+        degrees = self._int_parameter(self._level(), 30)
+        if self.rng.uniform() > 0.5:
+            degrees = -degrees
+        return img.rotate(degrees, resample=Image.BILINEAR)
+
+    def solarize(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img, 256 - self._int_parameter(self._level(), 256))
+
+    def _affine(self, img: Image.Image, data: tuple[float, ...]) -> Image.Image:
+        return img.transform(img.size, Image.AFFINE, data, resample=Image.BILINEAR)
+
+    def shear_x(self, img: Image.Image) -> Image.Image:
+        level = self._float_parameter(self._level(), 0.3)
+        if self.rng.uniform() > 0.5:
+            level = -level
+        return self._affine(img, (1, level, 0, 0, 1, 0))
+
+    def shear_y(self, img: Image.Image) -> Image.Image:
+        level = self._float_parameter(self._level(), 0.3)
+        if self.rng.uniform() > 0.5:
+            level = -level
+        return self._affine(img, (1, 0, 0, level, 1, 0))
+
+    def translate_x(self, img: Image.Image) -> Image.Image:
+        level = self._int_parameter(self._level(), img.size[0] / 3)
+        if self.rng.random_sample() > 0.5:
+            level = -level
+        return self._affine(img, (1, 0, level, 0, 1, 0))
+
+    def translate_y(self, img: Image.Image) -> Image.Image:
+        level = self._int_parameter(self._level(), img.size[1] / 3)
+        if self.rng.random_sample() > 0.5:
+            level = -level
+        return self._affine(img, (1, 0, 0, 0, 1, level))
+
+    @staticmethod
+    def preprocess(img: Image.Image) -> np.ndarray:
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        ws = np.float32(self.rng.dirichlet([self.alpha] * self.width))
+        m = np.float32(self.rng.beta(self.alpha, self.alpha))
+        mix = np.zeros_like(self.preprocess(image))
+        for i in range(self.width):
+            image_aug = image.copy()
+            depth = self.depth if self.depth > 0 else self.rng.randint(1, 4)
+            for _ in range(depth):
+                op = self.ops[self.rng.randint(len(self.ops))]
+                image_aug = op(image_aug)
+            mix += ws[i] * self.preprocess(image_aug)
+        return (1 - m) * self.preprocess(image) + m * mix
+
+
+# --------------------------------------------------------------------------- data and timing
+
+
+def make_images(channels: int) -> np.ndarray:
+    """``[B, H, W, C]`` uint8: digits upscaled to 28x28 (C = 1) or coloured at 32x32 (C = 3)."""
+    digits = load_digits().images
+    rng = np.random.default_rng(0)
+    size = 28 if channels == 1 else 32
+    out = []
+    for k in range(BATCH):
+        im = Image.fromarray(np.round(digits[k % len(digits)] * 255.0 / 16.0).astype(np.uint8))
+        a = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float64)[..., None] / 255.0
+        if channels == 1:
+            out.append(np.round(a * 255.0).astype(np.uint8))
+        else:
+            fg, bg = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+            rgb = a * fg + (1 - a) * bg + rng.normal(0.0, 0.03, (size, size, 3))
+            out.append(np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(channels: int, repeats: int, engine_calls: int) -> dict[str, float]:
+    arr = make_images(channels)  # [B, H, W, C] uint8
+    x_float = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    x_uint8 = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arr]
+    pil_images = [Image.fromarray(a[..., 0] if channels == 1 else a) for a in arr]
+
+    engine = AugMix(severity=3, width=3, depth=-1, alpha=1.0, all_ops=False)
+    generator = torch.Generator().manual_seed(0)
+    tv = v2.AugMix(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0, all_ops=False)
+    pil = PilAugMix(seed=0)
+
+    def run_engine() -> None:
+        for _ in range(engine_calls):
+            engine(x_float, generator=generator)
+
+    def run_tv() -> None:
+        for img in x_uint8:
+            tv(img)
+
+    def run_pil() -> None:
+        for img in pil_images:
+            pil(img)
+
+    for _ in range(2):  # warm-up
+        run_engine()
+    run_tv()
+    run_pil()
+    rates: dict[str, list[float]] = {"engine": [], "torchvision": [], "pil": []}
+    for _ in range(repeats):
+        rates["engine"].append(BATCH * engine_calls / timed(run_engine))
+        rates["torchvision"].append(BATCH / timed(run_tv))
+        rates["pil"].append(BATCH / timed(run_pil))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--engine-calls", type=int, default=5, help="engine calls per repeat (batch each)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the table's runs use 2)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    rows, verdicts = [], []
+    for channels, label in ((1, "28x28x1"), (3, "32x32x3")):
+        r = measure(channels, args.repeats, args.engine_calls)
+        ratio = r["engine"] / r["torchvision"]
+        verdicts.append(f"{label}: {ratio:.1f}x ({'met' if ratio >= 25 else 'missed'})")
+        rows.append(
+            f"| {label} | {r['engine']:,.0f} | {r['torchvision']:,.0f} | {r['pil']:,.0f} | "
+            f"{r['engine'] / r['torchvision']:.1f}x | {r['engine'] / r['pil']:.1f}x |"
+        )
+    load_after = os.getloadavg()
+    table = "\n".join(
+        [
+            "| shape | engine img/s | torchvision per-image img/s | PIL reference img/s "
+            "| engine/torchvision | engine/PIL |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
+    print(table)
+    if args.no_write:
+        return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        "# AugMix throughput",
+        "",
+        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}",
+        f"- CPU: {cpu_model()}, os.cpu_count() = {os.cpu_count()}, "
+        f"torch.set_num_threads({args.threads})",
+        f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
+        f"- batch {BATCH}; median of {args.repeats} interleaved repeats "
+        f"(engine: {args.engine_calls} batch calls per repeat); paper settings "
+        "(severity 3, width 3, depth -1, alpha 1, the 9 ops)",
+        "- engine: `dc_pipeline.augmix.AugMix` on float [B, C, H, W]; torchvision: "
+        "`transforms.v2.AugMix(all_ops=False)` per uint8 image; PIL: per-image copy of the "
+        "reference ops and `aug()` in `benchmarks/augmix_throughput.py`",
+        f"- target engine >= 25x torchvision per image: {'; '.join(verdicts)}",
+        "",
+    ]
+    if max(load_before[0], load_after[0]) > 1.0:
+        header.insert(-1, "- WARNING: other processes were using the CPUs; two-thread timings suffer badly from that")
+    RESULTS.write_text("\n".join(header) + "\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The registry and the promotion gate on their own: lineage, sha256 verification, alias history, the gate."""
+
+import duckdb
+import pytest
+import torch
+
+from dc_pipeline.core.registry import GatePolicy, Registry, RegistryError, promotion_decision
+
+
+@pytest.fixture
+def registry(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    yield Registry(conn, tmp_path / "artifacts").ensure()
+    conn.close()
+
+
+def weights(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"layer.weight": torch.randn(4, 3, generator=g), "layer.bias": torch.zeros(4)}
+
+
+def register(registry, seed, kind="augmix"):
+    return registry.register(kind, weights(seed), dataset_hash="d" * 64,
+                             code={"commit": "abc", "dirty": False, "label": "abc"}, config={"lr": 0.1},
+                             seed=seed, model_spec={"classes": [0, 1]}, run_id="run-1")
+
+
+def test_register_is_content_addressed_and_keeps_lineage(registry):
+    vid, created = register(registry, 1)
+    assert created and vid.startswith("augmix-")
+    assert register(registry, 1) == (vid, False), "identical weights are the same version"
+    record = registry.get(vid)
+    assert record["dataset_hash"] == "d" * 64 and record["config"] == {"lr": 0.1} and record["seed"] == 1
+    assert record["code_commit"] == "abc" and record["dagster_run_id"] == "run-1"
+    _, state = registry.load_weights(vid)
+    assert torch.equal(state["layer.weight"], weights(1)["layer.weight"])
+
+
+def test_tampered_weights_are_refused(registry):
+    vid, _ = register(registry, 2)
+    path = registry.get(vid)["weights_path"]
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(RegistryError, match="changed on disk"):
+        registry.load_weights(vid)
+
+
+def test_alias_moves_are_recorded(registry):
+    a, _ = register(registry, 3)
+    b, _ = register(registry, 4)
+    with pytest.raises(RegistryError):
+        registry.resolve("champion") and registry.get("champion")
+    assert registry.set_alias("champion", a, "first")
+    assert not registry.set_alias("champion", a, "again"), "no move, no history row"
+    assert registry.set_alias("champion", b, "better")
+    assert registry.get("champion")["version_id"] == b
+    history = registry.conn.execute("SELECT from_version, to_version, reason FROM registry.alias_history "
+                                    "ORDER BY moved_at").fetchall()
+    assert history == [(None, a, "first"), (a, b, "better")]
+
+
+GOOD = {"clean_error": 0.03, "mce": 0.20, "rms_calibration_corrupted": 0.10}
+
+
+def test_gate_promotes_a_better_challenger_and_refuses_a_worse_one():
+    policy = GatePolicy()
+    better = {"clean_error": 0.032, "mce": 0.15, "rms_calibration_corrupted": 0.08}
+    assert promotion_decision("new", better, "old", GOOD, policy).passed
+    cases = {
+        "mCE": {**better, "mce": 0.195},  # better, but by less than the 5% margin
+        "clean error": {**better, "clean_error": 0.036},  # 0.6 points worse
+        "calibration": {**better, "rms_calibration_corrupted": 0.11},
+    }
+    for what, metrics in cases.items():
+        decision = promotion_decision("new", metrics, "old", GOOD, policy)
+        assert not decision.passed and what in decision.verdict, (what, decision.verdict)
+        assert decision.inputs["champion"]["mce"] == 0.20
+
+
+def test_first_model_needs_absolute_bounds():
+    policy = GatePolicy()
+    assert promotion_decision("m", GOOD, None, None, policy).passed
+    bad = promotion_decision("m", {**GOOD, "clean_error": 0.2}, None, None, policy)
+    assert not bad.passed and "clean error" in bad.verdict
+    same = promotion_decision("m", GOOD, "m", GOOD, policy)
+    assert same.passed and "already" in same.verdict

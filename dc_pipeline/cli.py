@@ -49,7 +49,17 @@ def materialize_all(defs, instance, landing: Path, sources: list[str], log=print
             log(f"ingest {source}/{batch}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
     result = defs.resolve_job_def("refresh_downstream").execute_in_process(instance=instance, raise_on_error=False)
     log(f"refresh_downstream: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
-    return ok and result.success
+    ok &= result.success
+    from dc_pipeline.stages.monitoring import drift_key, scores_key
+
+    for source in sources:  # score every batch with the new champion and report its drift
+        for batch in complete_batches(landing, source):
+            monitored = defs.resolve_job_def(ingest_job_name(source)).execute_in_process(
+                partition_key=batch, instance=instance, raise_on_error=False,
+                asset_selection=[scores_key(source), drift_key(source)])
+            ok &= monitored.success
+            log(f"score and drift {source}/{batch}: {'ok' if monitored.success else 'FAILED'}")
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--force", action="store_true", help="write even if the landing zone has batches")
     sub.add_parser("materialize", help="ingest every complete batch and refresh everything downstream (no UI)")
+    batch = sub.add_parser("demo-batch", help="write one new complete demo batch (from held-out digits) with a drift")
+    batch.add_argument("--source", required=True, help="field_app, partner_api or legacy_erp")
+    batch.add_argument("--n", type=int, default=200, help="images in the batch")
+    batch.add_argument("--drift", default="none", help="none, rotate, noise, blur, invert, contrast, label_shift, "
+                                                       "schema_rename or schema_type")
+    batch.add_argument("--seed", type=int, default=0)
+    batch.add_argument("--batch-id", help="default: derived from the time and the seed")
     rep = sub.add_parser("reproduce", help="retrain a registered model version and compare the weights' sha256")
     rep.add_argument("version", help="a version id, or champion / challenger")
     args = parser.parse_args(argv)
@@ -84,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         instance = DagsterInstance.get()
         ok = materialize_all(defs, instance, data_dir / "landing", contract_sources())
         return 0 if ok else 1
+    if args.command == "demo-batch":
+        from dc_pipeline.core.demo_batches import write_demo_batch
+
+        path = write_demo_batch(data_dir / "landing", args.source, args.n, args.drift, args.seed, args.batch_id)
+        print(f"wrote {path} ({args.n} images, drift {args.drift}); the landing sensor picks it up")
+        return 0
+
     if args.command == "reproduce":
         return reproduce(args.version, data_dir)
     return 2

@@ -1,4 +1,4 @@
-"""The Dagster code location: every stage's assets and checks, with their resources."""
+"""The Dagster code location: every stage's assets and checks, jobs, sensors, schedules and resources."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dagster import Definitions, PreviewWarning
 # landing batch from loading every batch, so we use them knowingly.
 warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions_def.*")
 
-from dc_pipeline.jobs import downstream_job, ingestion_jobs
-from dc_pipeline.resources import PACKAGED_CONTRACTS, default_resources
-from dc_pipeline.stages import augmentation, evaluation, features, training
-from dc_pipeline.stages.cleaning import build_cleaning
-from dc_pipeline.stages.ingestion import build_ingestion
+from dc_pipeline import automation  # noqa: E402
+from dc_pipeline.jobs import ingestion_jobs, pipeline_jobs  # noqa: E402
+from dc_pipeline.resources import PACKAGED_CONTRACTS, default_resources  # noqa: E402
+from dc_pipeline.stages import augmentation, evaluation, features, monitoring, training  # noqa: E402
+from dc_pipeline.stages.cleaning import build_cleaning  # noqa: E402
+from dc_pipeline.stages.ingestion import build_ingestion  # noqa: E402
 
 
 def contract_sources(contracts_dir: str | Path | None = None) -> list[str]:
@@ -26,13 +27,22 @@ def contract_sources(contracts_dir: str | Path | None = None) -> list[str]:
 
 
 def build_definitions(sources: list[str], resources: dict) -> Definitions:
-    assets_and_checks = [d for s in sources for d in build_ingestion(s)] + build_cleaning(sources) + [
-        features.features, features.feature_expectations,
-        augmentation.augmented_samples, augmentation.label_preservation,
-        training.baseline_model, training.augmix_model,
-        evaluation.corrupted_test_set, evaluation.model_evaluation, evaluation.promotion_gate, evaluation.champion]
-    return Definitions(assets=assets_and_checks, resources=resources,
-                       jobs=[*ingestion_jobs(sources), downstream_job(sources)])
+    per_source = [d for s in sources for d in build_ingestion(s) + monitoring.build_monitoring(s)]
+    return Definitions(
+        assets=[
+            *per_source, *build_cleaning(sources),
+            features.features, features.feature_expectations,
+            augmentation.augmented_samples, augmentation.label_preservation,
+            training.baseline_model, training.augmix_model,
+            evaluation.corrupted_test_set, evaluation.model_evaluation, evaluation.promotion_gate,
+            evaluation.champion, monitoring.overview,
+        ],
+        jobs=[*ingestion_jobs(sources), *pipeline_jobs()],
+        sensors=[automation.build_landing_sensor(sources), automation.retraining_trigger,
+                 automation.run_failure_alerts],
+        schedules=[automation.nightly_monitoring, automation.weekly_retrain],
+        resources={"retrain_policy": automation.RetrainPolicy(), **resources},
+    )
 
 
 defs = build_definitions(contract_sources(), default_resources())

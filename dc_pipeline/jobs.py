@@ -1,8 +1,15 @@
-"""Jobs: ingesting one landing batch of a source, and rebuilding everything downstream of ingestion."""
+"""Jobs: processing one landing batch of a source, refreshing the data and models, retraining, the sweep."""
 
 from dagster import AssetSelection, define_asset_job
 
 from dc_pipeline.stages.ingestion import batches_of, raw_key
+from dc_pipeline.stages.monitoring import drift_key, scores_key
+
+DATA_GROUPS = ("cleaning", "features")
+MODEL_GROUPS = ("augmentation", "training", "evaluation")
+RETRAIN_JOB = "retrain"
+REFRESH_JOB = "refresh_downstream"
+SWEEP_JOB = "monitoring_sweep"
 
 
 def ingest_job_name(source: str) -> str:
@@ -10,22 +17,29 @@ def ingest_job_name(source: str) -> str:
 
 
 def ingestion_jobs(sources: list[str]) -> list:
-    """One partitioned job per source: its raw asset for one batch, with that batch's checks."""
+    """Per source, one partitioned job for a landing batch: its raw asset and batch checks, then cleaning
+    and features over all accepted data, then the batch's scores and drift report."""
     return [
         define_asset_job(
             ingest_job_name(s),
-            selection=AssetSelection.assets(raw_key(s)),
+            selection=AssetSelection.assets(raw_key(s), scores_key(s), drift_key(s)) | AssetSelection.groups(*DATA_GROUPS),
             partitions_def=batches_of(s),
-            description=f"Ingest one landing batch of `{s}` and run its batch checks.",
+            description=f"Ingest one landing batch of `{s}`, refresh clean data and features, score the batch and "
+                        "report its drift.",
         )
         for s in sources
     ]
 
 
-def downstream_job(sources: list[str]):
-    """Everything that is not a raw asset (cleaning and the stages after it), with their checks."""
-    return define_asset_job(
-        "refresh_downstream",
-        selection=AssetSelection.all() - AssetSelection.groups("ingestion"),
-        description="Rebuild cleaning and every later stage from the raw tables.",
-    )
+def pipeline_jobs() -> list:
+    return [
+        define_asset_job(REFRESH_JOB, selection=AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS),
+                         description="Rebuild clean data, features, augmentation QC, both models, their evaluation "
+                                     "and the promotion gate."),
+        define_asset_job(RETRAIN_JOB, selection=AssetSelection.groups(*MODEL_GROUPS),
+                         description="Train both models on the current dataset version, evaluate them and run the "
+                                     "promotion gate."),
+        define_asset_job(SWEEP_JOB, selection=AssetSelection.groups(*DATA_GROUPS)
+                         | AssetSelection.assets(["monitoring", "overview"]),
+                         description="Nightly: refresh clean data and features and the monitoring overview."),
+    ]

@@ -109,3 +109,11 @@ def test_load_model_refuses_tampered_weights(pipeline):
         load_model("champion", data_dir=pipeline.data)
     with pytest.raises(RegistryError, match="not in the registry"):
         load_model("augmix-000000000000", data_dir=pipeline.data)
+
+
+def test_launchpad_training_defaults_match_the_core():
+    """The Dagster Config mirrors the core's TrainConfig (kept apart so definitions never import torch)."""
+    from dc_pipeline.core.training import TrainConfig
+    from dc_pipeline.stages.training import TrainingConfig, train_config
+
+    assert train_config(TrainingConfig(), 10) == TrainConfig()

@@ -47,7 +47,7 @@ LR_MIN = 1e-6  # final learning rate of the cosine schedule, as the reference
 class TrainConfig:
     """Hyper-parameters. Defaults train ~1,000 28x28 digits to a good accuracy in seconds on 2 cores."""
 
-    epochs: int = 15
+    epochs: int = 30
     lr: float = 0.05
     batch_size: int = 64
     momentum: float = 0.9

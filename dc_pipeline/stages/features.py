@@ -53,8 +53,8 @@ def current_version(conn) -> dict:
         AssetSpec(DATASET_VERSION, group_name="features", kinds={"duckdb", "numpy"}, deps=[IMAGES],
                   description=("The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per "
                                "image from its content hash, stored as immutable shards named by the dataset hash. "
-                               "`features.dataset_versions` records every version; `features.dataset_index` lists the "
-                               "current one's images.")),
+                               "`features.dataset_versions` records every version and `features.dataset_members` its images; "
+                               "`features.dataset_index` lists the current one's images with their splits.")),
         AssetSpec(IMAGE_STATS, group_name="features", kinds={"duckdb", "pandas"}, deps=[IMAGES],
                   description=("Per-image statistics for monitoring and slicing: mean intensity, contrast, ink "
                                "fraction, edge energy, sharpness, centre of mass, bounding box, with source and batch.")),
@@ -107,6 +107,10 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
             conn.execute("UPDATE features.dataset_versions SET is_current = false")
             conn.execute("DELETE FROM features.dataset_versions WHERE dataset_hash = ?", [version_hash])
         append_rows(conn, "features.dataset_versions", record)
+        if not table_exists(conn, "features.dataset_members") or not conn.execute(
+                "SELECT count(*) FROM features.dataset_members WHERE dataset_hash = ?", [version_hash]).fetchone()[0]:
+            append_rows(conn, "features.dataset_members",
+                        pd.DataFrame({"dataset_hash": version_hash, "sha256": images["sha256"]}))
         replace_table(conn, "features.dataset_index", version.index())
         replace_table(conn, "features.image_stats", stats)
     context.log.info(f"dataset version {version_hash[:12]}: {dict(counts)} ({'new' if created else 'unchanged'})")

@@ -15,7 +15,7 @@ CURRENT_MODELS = "training.current_models"
 
 
 class TrainingConfig(Config):
-    epochs: int = Field(default=15, description="Training epochs.")
+    epochs: int = Field(default=30, description="Training epochs.")
     lr: float = Field(default=0.05, description="Peak learning rate of the cosine schedule (SGD, Nesterov).")
     batch_size: int = Field(default=64, description="Images per step.")
     momentum: float = Field(default=0.9, description="SGD momentum.")

@@ -1,0 +1,204 @@
+"""Sensors and schedules: new landing batches, retraining, failures, the nightly sweep, the weekly retrain."""
+
+import json
+import os
+from datetime import datetime, timezone
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    ConfigurableResource,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from dc_pipeline.jobs import RETRAIN_JOB, SWEEP_JOB, ingest_job_name
+from dc_pipeline.resources import DataLake
+from dc_pipeline.stages.ingestion import batches_of
+
+class RetrainPolicy(ConfigurableResource):
+    """When the retraining trigger fires on new data."""
+
+    new_data_share: float = Field(default=0.20, description="Retrain when accepted images not in the champion's "
+                                                            "dataset reach this share of it.")
+
+
+ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+          DagsterRunStatus.STARTED]
+
+
+def batch_run_key(source: str, batch_id: str, manifest_sha256: str) -> str:
+    """An unchanged batch never runs twice; a re-delivered, changed one runs again."""
+    return f"{source}:{batch_id}:{manifest_sha256[:16]}"
+
+
+def scan_landing(lake: DataLake, sources: list[str], log) -> list[tuple[str, str, str]]:
+    """Complete batches as (source, batch_id, manifest sha256); unreadable ones are logged and skipped."""
+    import hashlib
+
+    from dc_pipeline.core.manifests import is_complete
+
+    contracts = lake.contracts()
+    found = []
+    for source in sources:
+        folder = lake.landing / source
+        if not folder.is_dir():
+            continue
+        manifest_name = contracts[source].manifest_file
+        for batch_dir in sorted(folder.iterdir()):
+            try:
+                if not batch_dir.is_dir() or not is_complete(batch_dir):
+                    continue  # still being delivered: looked at again on the next tick
+                sha = hashlib.sha256((batch_dir / manifest_name).read_bytes()).hexdigest()
+            except OSError as exc:
+                log.warning(f"skipping {source}/{batch_dir.name}: cannot read it ({exc})")
+                continue
+            found.append((source, batch_dir.name, sha))
+    return found
+
+
+def build_landing_sensor(sources: list[str]):
+    @sensor(
+        name="landing_zone_sensor", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+        jobs=[],  # targets are named per request (job_name), one ingestion job per source
+        description=("Finds complete batches (with _SUCCESS) under the landing zone, adds each new one as a "
+                     "partition and requests its ingestion run in the same tick. The run key is source, batch "
+                     "and manifest sha256: an unchanged batch never runs twice, a changed re-delivery runs again."),
+    )
+    def landing_zone_sensor(context: SensorEvaluationContext, lake: DataLake):
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        requests, new_partitions = [], {}
+        for source, batch_id, sha in scan_landing(lake, sources, context.log):
+            key = f"{source}/{batch_id}"
+            if seen.get(key) == sha:
+                continue
+            known = set(context.instance.get_dynamic_partitions(batches_of(source).name))
+            if batch_id not in known:
+                new_partitions.setdefault(source, []).append(batch_id)
+            requests.append(RunRequest(run_key=batch_run_key(source, batch_id, sha), job_name=ingest_job_name(source),
+                                       partition_key=batch_id, tags={"dc/source": source, "dc/batch": batch_id,
+                                                                     "dc/manifest_sha256": sha}))
+            seen[key] = sha
+        if not requests:
+            return SkipReason("no new or changed complete batch")
+        return SensorResult(
+            run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
+            dynamic_partitions_requests=[AddDynamicPartitionsRequest(batches_of(s).name, keys)
+                                         for s, keys in new_partitions.items()])
+
+    return landing_zone_sensor
+
+
+def retraining_reasons(conn, since: datetime | None, new_data_share: float) -> tuple[list[str], dict]:
+    """Why the models should be retrained now: drift verdicts since ``since``, and the share of accepted
+    images that are not in the champion's dataset version."""
+    from dc_pipeline.core.warehouse import table_exists
+
+    reasons, figures = [], {}
+    if table_exists(conn, "monitoring.drift_verdicts"):
+        drifted = conn.execute(
+            "SELECT source, batch_id FROM monitoring.drift_verdicts WHERE verdict = 'drift' AND reported_at > ?",
+            [since or datetime(1970, 1, 1)]).fetchall()
+        if drifted:
+            reasons.append("drift in " + ", ".join(f"{s}/{b}" for s, b in drifted))
+    if all(table_exists(conn, t) for t in ("registry.aliases", "clean.images", "features.dataset_members")):
+        row = conn.execute("SELECT m.dataset_hash FROM registry.aliases a JOIN registry.models m USING (version_id) "
+                           "WHERE a.alias = 'champion'").fetchone()
+        if row:
+            known = conn.execute("SELECT count(*) FROM features.dataset_members WHERE dataset_hash = ?",
+                                 [row[0]]).fetchone()[0]
+            new = conn.execute("SELECT count(*) FROM clean.images WHERE sha256 NOT IN (SELECT sha256 FROM "
+                               "features.dataset_members WHERE dataset_hash = ?)", [row[0]]).fetchone()[0]
+            share = new / max(known, 1)
+            figures = {"new_images": int(new), "champion_dataset_images": int(known), "new_share": round(share, 4)}
+            if share >= new_data_share:
+                reasons.append(f"{new} accepted images ({share:.0%} of the champion's dataset) are new "
+                               f"(threshold {new_data_share:.0%})")
+    return reasons, figures
+
+
+@sensor(
+    name="retraining_trigger", minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
+    job_name=RETRAIN_JOB,
+    description=("Requests retraining (both models, evaluation, promotion gate) when a batch's drift verdict is "
+                 "`drift`, or when accepted images not in the champion's dataset reach a share of it "
+                 "(resource `retrain_policy`, default 20%). Never while a retraining is queued or running; batches that failed "
+                 "their blocking checks never reach clean data, so they are never trained on."),
+)
+def retraining_trigger(context: SensorEvaluationContext, warehouse: DuckDBResource, retrain_policy: RetrainPolicy):
+    active = context.instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=ACTIVE), limit=1)
+    if active:
+        return SkipReason(f"a retraining run is already {active[0].status.value.lower()}: {active[0].run_id}")
+    since = datetime.fromisoformat(context.cursor) if context.cursor else None
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with warehouse.get_connection() as conn:
+        reasons, figures = retraining_reasons(conn, since, retrain_policy.new_data_share)
+    if not reasons:
+        return SensorResult(skip_reason=SkipReason(f"no drift and not enough new data {figures}"),
+                            cursor=now.isoformat())
+    context.log.info("requesting retraining: " + "; ".join(reasons))
+    return SensorResult(run_requests=[RunRequest(run_key=f"retrain:{now.isoformat()}",
+                                                 tags={"dc/retrain_reason": "; ".join(reasons)[:1000]})],
+                        cursor=now.isoformat())
+
+
+def post_webhook(url: str, payload: dict, timeout: float = 5.0) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 (the user names the URL)
+        pass
+
+
+def record_alert(alerts_db: str, row: dict) -> None:
+    """Append to the alerts table (its own DuckDB file, so an alert never waits for the warehouse lock)."""
+    import duckdb
+    import pandas as pd
+
+    from dc_pipeline.core.warehouse import append_rows
+
+    with duckdb.connect(alerts_db) as conn:
+        append_rows(conn, "main.run_failures", pd.DataFrame([row]))
+
+
+@run_failure_sensor(
+    name="run_failure_alerts", default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False,
+    description=("Records every failed run in the alerts table (run_failures in data/alerts.duckdb) and the log, and posts it to "
+                 "the webhook named by DC_ALERT_WEBHOOK when that is set."),
+)
+def run_failure_alerts(context: RunFailureSensorContext, lake: DataLake):
+    run = context.dagster_run
+    row = {"failed_at": datetime.now(timezone.utc).replace(tzinfo=None), "run_id": run.run_id,
+           "job_name": run.job_name, "partition": run.tags.get("dagster/partition"),
+           "message": (context.failure_event.message or "")[:2000]}
+    context.log.error(f"run {run.run_id} of {run.job_name} failed: {row['message'][:300]}")
+    record_alert(str(lake.root_path("alerts.duckdb")), row)
+    url = os.getenv("DC_ALERT_WEBHOOK")
+    if url:
+        try:
+            post_webhook(url, {**row, "failed_at": row["failed_at"].isoformat()})
+        except Exception as exc:  # an unreachable webhook must not hide the alert
+            context.log.warning(f"could not post the alert to the webhook: {exc}")
+
+
+nightly_monitoring = ScheduleDefinition(
+    name="nightly_monitoring_sweep", job_name=SWEEP_JOB, cron_schedule="0 2 * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Every night at 02:00: refresh clean data, features and the monitoring overview.")
+weekly_retrain = ScheduleDefinition(
+    name="weekly_full_retrain", job_name=RETRAIN_JOB, cron_schedule="0 3 * * 0",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Sundays at 03:00: retrain both models and run the promotion gate (stopped by default; the "
+                "retraining trigger already retrains when the data says so).")

@@ -1,0 +1,149 @@
+"""Sensors against a real Dagster instance: landing zone, retraining trigger, run-failure alerts."""
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import duckdb
+import pandas as pd
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunRequest, SkipReason, build_sensor_context
+from dagster import build_run_status_sensor_context
+
+from dc_pipeline.automation import RetrainPolicy, build_landing_sensor, retraining_trigger, run_failure_alerts
+from dc_pipeline.core.demo_data import write_demo_landing
+from dc_pipeline.resources import resources_for
+
+from .conftest import SOURCES
+
+
+def tick(sensor, instance, resources, cursor=None):
+    context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = sensor(context)
+    return result, context
+
+
+def requests_of(result):
+    return [] if isinstance(result, SkipReason) or result.skip_reason else list(result.run_requests)
+
+
+@pytest.fixture
+def landing(tmp_path):
+    write_demo_landing(tmp_path / "landing")
+    return tmp_path, DagsterInstance.ephemeral(), resources_for(tmp_path)
+
+
+def test_each_complete_batch_runs_exactly_once_and_the_cursor_survives_a_restart(landing):
+    data, instance, resources = landing
+    sensor = build_landing_sensor(SOURCES)
+    first, _ = tick(sensor, instance, resources)
+    runs = requests_of(first)
+    assert sorted((r.job_name, r.partition_key) for r in runs) == sorted(
+        (f"ingest_{s}", b) for s in SOURCES for b in sorted(p.name for p in (data / "landing" / s).iterdir()))
+    assert all(isinstance(r, RunRequest) and r.run_key.count(":") == 2 for r in runs)
+    added = {req.partitions_def_name: list(req.partition_keys) for req in first.dynamic_partitions_requests}
+    assert added == {"field_app_batches": ["batch-0001", "batch-0002"], "legacy_erp_batches": ["batch-0001"],
+                     "partner_api_batches": ["batch-0001", "batch-0002"]}
+    for name, keys in added.items():  # what the daemon does with the request
+        instance.add_dynamic_partitions(name, keys)
+    # a restarted daemon reads the stored cursor: nothing runs twice
+    again, _ = tick(build_landing_sensor(SOURCES), instance, resources, cursor=first.cursor)
+    assert requests_of(again) == []
+
+
+def test_incomplete_unreadable_changed_and_many_batches(landing):
+    data, instance, resources = landing
+    sensor = build_landing_sensor(SOURCES)
+    first, _ = tick(sensor, instance, resources)
+    cursor = first.cursor
+    # a batch still being delivered is ignored until its _SUCCESS lands
+    partial = data / "landing" / "field_app" / "batch-0003"
+    shutil.copytree(data / "landing" / "field_app" / "batch-0001", partial)
+    (partial / "_SUCCESS").unlink()
+    # a complete-looking folder whose manifest is gone is logged and skipped, without stopping the others
+    broken = data / "landing" / "partner_api" / "batch-broken"
+    broken.mkdir()
+    (broken / "_SUCCESS").write_text("")
+    result, _ = tick(sensor, instance, resources, cursor=cursor)
+    assert requests_of(result) == []
+    (partial / "_SUCCESS").write_text("")
+    # several batches landing at once are all requested, and a changed re-delivery runs again
+    for k in range(4, 8):
+        shutil.copytree(data / "landing" / "legacy_erp" / "batch-0001", data / "landing" / "legacy_erp" / f"batch-000{k}")
+    manifest = data / "landing" / "field_app" / "batch-0002" / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace("dev-01", "dev-09"))
+    result, _ = tick(sensor, instance, resources, cursor=cursor)
+    got = {(r.job_name, r.partition_key) for r in requests_of(result)}
+    assert got == {("ingest_field_app", "batch-0003"), ("ingest_field_app", "batch-0002")} | {
+        ("ingest_legacy_erp", f"batch-000{k}") for k in range(4, 8)}
+    old_key = next(r.run_key for r in requests_of(first) if r.partition_key == "batch-0002"
+                   and r.job_name == "ingest_field_app")
+    new_key = next(r.run_key for r in requests_of(result) if r.partition_key == "batch-0002")
+    assert old_key != new_key, "a changed manifest gets a new run key"
+
+
+def write_verdicts(data, rows):
+    with duckdb.connect(str(data / "warehouse.duckdb")) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS monitoring")
+        conn.register("v", pd.DataFrame(rows))
+        conn.execute("CREATE OR REPLACE TABLE monitoring.drift_verdicts AS SELECT * FROM v")
+
+
+def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
+    from dagster._core.test_utils import create_run_for_test
+
+    instance = DagsterInstance.ephemeral()
+    resources = {**resources_for(tmp_path), "retrain_policy": RetrainPolicy()}
+    write_verdicts(tmp_path, [{"source": "field_app", "batch_id": "b1", "verdict": "none",
+                               "reported_at": pd.Timestamp("2026-11-01")}])
+    result, _ = tick(retraining_trigger, instance, resources)
+    assert requests_of(result) == []
+    write_verdicts(tmp_path, [{"source": "field_app", "batch_id": "b1", "verdict": "none",
+                               "reported_at": pd.Timestamp("2026-11-01")},
+                              {"source": "partner_api", "batch_id": "b7", "verdict": "drift",
+                               "reported_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+    result, _ = tick(retraining_trigger, instance, resources, cursor="2026-11-02T00:00:00")
+    [run] = requests_of(result)
+    assert "partner_api/b7" in run.tags["dc/retrain_reason"]
+    # the same verdict does not trigger again once the cursor has moved past it
+    again, _ = tick(retraining_trigger, instance, resources, cursor=result.cursor)
+    assert requests_of(again) == []
+    # and while a retraining run is running, nothing new is requested
+    create_run_for_test(instance, job_name="retrain", status=DagsterRunStatus.STARTED)
+    blocked, _ = tick(retraining_trigger, instance, resources, cursor="2026-11-02T00:00:00")
+    assert isinstance(blocked, SkipReason) and "already" in blocked.skip_message
+
+
+def test_failed_runs_are_recorded_and_posted_to_the_webhook(pipeline, monkeypatch):
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DC_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/alerts")
+    batch = pipeline.landing / "field_app" / "batch-0001"
+    (batch / "_SUCCESS").unlink()  # an incomplete batch: its ingestion fails
+    result = pipeline.ingest("field_app", "batch-0001")
+    assert not result.success
+    run = pipeline.instance.get_run_by_id(result.run_id)
+    failure = next(e for e in pipeline.instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE))
+    context = build_run_status_sensor_context(
+        sensor_name="run_failure_alerts", dagster_event=failure.dagster_event, dagster_instance=pipeline.instance,
+        dagster_run=run, resources={"lake": pipeline.resources["lake"]})
+    run_failure_alerts(context.for_run_failure())
+    thread.join(timeout=10)
+    server.server_close()
+    with duckdb.connect(str(pipeline.data / "alerts.duckdb"), read_only=True) as conn:
+        alerts = conn.execute("SELECT * FROM main.run_failures").df()
+    assert alerts.run_id.tolist() == [result.run_id]
+    assert received and received[0]["run_id"] == result.run_id and received[0]["job_name"] == run.job_name

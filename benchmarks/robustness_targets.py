@@ -31,7 +31,7 @@ def build_demo(data: Path) -> None:
     from dc_pipeline.definitions import build_definitions, contract_sources
     from dc_pipeline.jobs import ingest_job_name
     from dc_pipeline.resources import resources_for
-    from dc_pipeline.stages.cleaning import IMAGES, LINEAGE, QUARANTINE
+    from dc_pipeline.stages.cleaning import DECISIONS, IMAGES, LINEAGE, QUARANTINE
     from dc_pipeline.stages.features import DATASET_VERSION, IMAGE_STATS
     from dc_pipeline.stages.ingestion import batches_of
 
@@ -45,7 +45,7 @@ def build_demo(data: Path) -> None:
         for batch in batches:
             defs.resolve_job_def(ingest_job_name(source)).execute_in_process(partition_key=batch, instance=instance)
     defs.resolve_job_def("refresh_downstream").execute_in_process(
-        instance=instance, asset_selection=[IMAGES, QUARANTINE, LINEAGE, DATASET_VERSION, IMAGE_STATS])
+        instance=instance, asset_selection=[IMAGES, QUARANTINE, LINEAGE, DECISIONS, DATASET_VERSION, IMAGE_STATS])
 
 
 def step_times(x, y, cfg, steps: int = 40) -> dict[str, float]:

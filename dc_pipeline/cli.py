@@ -50,9 +50,12 @@ def materialize_all(defs, instance, landing: Path, sources: list[str], log=print
     result = defs.resolve_job_def("refresh_downstream").execute_in_process(instance=instance, raise_on_error=False)
     log(f"refresh_downstream: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
     ok &= result.success
+    from dc_pipeline.core.contracts import source_kinds
+    from dc_pipeline.resources import PACKAGED_CONTRACTS
     from dc_pipeline.stages.monitoring import drift_key, scores_key
 
-    for source in sources:  # score every batch with the new champion and report its drift
+    kinds = source_kinds(os.getenv("DC_CONTRACTS_DIR") or PACKAGED_CONTRACTS)
+    for source in [s for s in sources if kinds.get(s) == "images"]:  # score each batch with the new champion
         for batch in complete_batches(landing, source):
             monitored = defs.resolve_job_def(ingest_job_name(source)).execute_in_process(
                 partition_key=batch, instance=instance, raise_on_error=False,
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                                                        "schema_rename or schema_type")
     batch.add_argument("--seed", type=int, default=0)
     batch.add_argument("--batch-id", help="default: derived from the time and the seed")
+    review = sub.add_parser("simulate-review", help="answer the review queue from the demo's ground truth, as a "
+                                                    "reviewer would, and deliver the decisions as a reviews batch")
+    review.add_argument("--top", type=int, default=0, help="review only the top N of the queue (default: all)")
+    review.add_argument("--batch-id", help="default: derived from the time")
     rep = sub.add_parser("reproduce", help="retrain a registered model version and compare the weights' sha256")
     rep.add_argument("version", help="a version id, or champion / challenger")
     args = parser.parse_args(argv)
@@ -110,7 +117,48 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "reproduce":
         return reproduce(args.version, data_dir)
+
+    if args.command == "simulate-review":
+        path, counts = simulate_review(data_dir, args.top, args.batch_id)
+        print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
+        return 0
     return 2
+
+
+def simulate_review(data_dir: Path, top: int = 0, batch_id: str | None = None,
+                    ground_truth: Path | None = None) -> tuple[Path, dict]:
+    """A reviewer who knows the truth: relabel the queue's images whose label is wrong, confirm the others."""
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from dc_pipeline.api import _connect, _paths
+    from dc_pipeline.core.manifests import SUCCESS_MARKER
+
+    data, db = _paths(data_dir, None)
+    truth = pd.read_csv(ground_truth or data / "demo" / "label_flips.csv", dtype={"record_id": str})
+    with _connect(db) as conn:
+        queue = conn.execute("SELECT sha256, given_label FROM curation.review_queue ORDER BY rank").df()
+        lineage = conn.execute("SELECT DISTINCT source, record_id, sha256 FROM clean.lineage").df()
+    if top:
+        queue = queue.head(top)
+    true_label = dict(truth.merge(lineage, on=["source", "record_id"])[["sha256", "true_label"]].values.tolist())
+    now = datetime.now(timezone.utc)
+    rows = []
+    for sha, given in zip(queue["sha256"], queue["given_label"]):
+        right = true_label.get(sha, given)
+        wrong = int(right) != int(given)
+        rows.append({"image_sha256": sha, "decision": "relabel" if wrong else "confirm",
+                     "new_label": int(right) if wrong else "", "reviewer": "simulated-reviewer",
+                     "reason": "the label shows another digit" if wrong else "label checked",
+                     "decided_at": now.isoformat(timespec="seconds")})
+    batch_id = batch_id or f"review-{now:%Y%m%d%H%M%S}"
+    folder = data / "landing" / "reviews" / batch_id
+    folder.mkdir(parents=True, exist_ok=False)
+    pd.DataFrame(rows, columns=["image_sha256", "decision", "new_label", "reviewer", "reason", "decided_at"]).to_csv(
+        folder / "decisions.csv", index=False)
+    (folder / SUCCESS_MARKER).write_text(now.isoformat())
+    return folder, pd.Series([r["decision"] for r in rows], dtype=object).value_counts().to_dict()
 
 
 def reproduce(ref: str, data_dir: Path) -> int:

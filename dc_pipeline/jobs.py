@@ -7,6 +7,7 @@ from dc_pipeline.stages.monitoring import drift_key, scores_key
 
 DATA_GROUPS = ("cleaning", "features")
 MODEL_GROUPS = ("augmentation", "training", "evaluation")
+CURATION_GROUP = "curation"
 RETRAIN_JOB = "retrain"
 REFRESH_JOB = "refresh_downstream"
 SWEEP_JOB = "monitoring_sweep"
@@ -16,10 +17,10 @@ def ingest_job_name(source: str) -> str:
     return f"ingest_{source}"
 
 
-def ingestion_jobs(sources: list[str]) -> list:
+def ingestion_jobs(sources: list[str], review_sources: list[str] = ()) -> list:
     """Per source, one partitioned job for a landing batch: its raw asset and batch checks, then cleaning
-    and features over all accepted data, then the batch's scores and drift report."""
-    return [
+    and features over all accepted data, then (for image sources) the batch's scores and drift report."""
+    jobs = [
         define_asset_job(
             ingest_job_name(s),
             selection=AssetSelection.assets(raw_key(s), scores_key(s), drift_key(s)) | AssetSelection.groups(*DATA_GROUPS),
@@ -29,17 +30,26 @@ def ingestion_jobs(sources: list[str]) -> list:
         )
         for s in sources
     ]
+    return jobs + [
+        define_asset_job(
+            ingest_job_name(s), selection=AssetSelection.assets(raw_key(s)) | AssetSelection.groups(*DATA_GROUPS),
+            partitions_def=batches_of(s),
+            description=f"Ingest one batch of reviewers' decisions from `{s}` and build the curated dataset version.",
+        )
+        for s in review_sources
+    ]
 
 
 def pipeline_jobs() -> list:
     return [
-        define_asset_job(REFRESH_JOB, selection=AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS),
-                         description="Rebuild clean data, features, augmentation QC, both models, their evaluation "
-                                     "and the promotion gate."),
+        define_asset_job(REFRESH_JOB, selection=AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS, CURATION_GROUP),
+                         description="Rebuild clean data, features, augmentation QC, both models, their evaluation, "
+                                     "the promotion gate, the label-issue review queue and the slice analysis."),
         define_asset_job(RETRAIN_JOB, selection=AssetSelection.groups(*MODEL_GROUPS),
                          description="Train both models on the current dataset version, evaluate them and run the "
                                      "promotion gate."),
-        define_asset_job(SWEEP_JOB, selection=AssetSelection.groups(*DATA_GROUPS)
+        define_asset_job(SWEEP_JOB, selection=AssetSelection.groups(*DATA_GROUPS, CURATION_GROUP)
                          | AssetSelection.assets(["monitoring", "overview"]),
-                         description="Nightly: refresh clean data and features and the monitoring overview."),
+                         description="Nightly: refresh clean data, features, the review queue, the slice analysis "
+                                     "and the monitoring overview."),
     ]

@@ -58,15 +58,23 @@ def default_resources() -> dict:
     """Resources read from ``DC_DATA_DIR``, ``DC_WAREHOUSE`` and ``DC_CONTRACTS_DIR`` (see ``.env``)."""
     import os
 
+    from dc_pipeline.stages.curation import LabelAudit
+
     lake = DataLake(root=EnvVar("DC_DATA_DIR"),
                     contracts_dir=EnvVar("DC_CONTRACTS_DIR") if os.getenv("DC_CONTRACTS_DIR") else str(PACKAGED_CONTRACTS))
-    return {"lake": lake, "warehouse": DuckDBResource(database=EnvVar("DC_WAREHOUSE"))}
+    audit = LabelAudit(ground_truth_path=EnvVar("DC_LABEL_GROUND_TRUTH")) if os.getenv("DC_LABEL_GROUND_TRUTH") \
+        else LabelAudit()
+    return {"lake": lake, "warehouse": DuckDBResource(database=EnvVar("DC_WAREHOUSE")), "label_audit": audit}
 
 
 def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None) -> dict:
     """Resources rooted at an explicit folder (tests, scripts)."""
+    from dc_pipeline.stages.curation import LabelAudit
+
     data_dir = Path(data_dir)
+    truth = data_dir / "demo" / "label_flips.csv"
     return {
         "lake": DataLake(root=str(data_dir), contracts_dir=str(contracts_dir or PACKAGED_CONTRACTS)),
         "warehouse": DuckDBResource(database=str(data_dir / "warehouse.duckdb")),
+        "label_audit": LabelAudit(ground_truth_path=str(truth) if truth.exists() else None),
     }

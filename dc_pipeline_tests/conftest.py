@@ -51,14 +51,16 @@ class Pipeline:
 
     def refresh_data(self, raise_on_error: bool = False, features: bool = True):
         """Refresh cleaning (and features) only, no training."""
-        from dc_pipeline.stages.cleaning import IMAGES, LINEAGE, QUARANTINE
+        from dc_pipeline.stages.cleaning import DECISIONS, IMAGES, LINEAGE, QUARANTINE
         from dc_pipeline.stages.features import DATASET_VERSION, IMAGE_STATS
 
-        selection = [IMAGES, QUARANTINE, LINEAGE] + ([DATASET_VERSION, IMAGE_STATS] if features else [])
+        selection = [IMAGES, QUARANTINE, LINEAGE, DECISIONS] + ([DATASET_VERSION, IMAGE_STATS] if features else [])
         return self.refresh(raise_on_error, run_config={}, selection=selection)
 
     def ingest_all(self):
         for source in SOURCES:
+            if not (self.landing / source).is_dir():
+                continue
             for batch in sorted(p.name for p in (self.landing / source).iterdir()):
                 assert self.ingest(source, batch).success, f"{source}/{batch} failed"
 

@@ -24,7 +24,7 @@ def test_a_label_destroying_augmentation_is_blocked(pipeline):
     pipeline.ingest_all()
     assert pipeline.refresh_data().success
     destructive = {"ops": {"augmentation__augmented_samples": {"config": {
-        "severity": 10, "width": 1, "depth": 3, "alpha": 1.0, "all_ops": True}}}}
+        "severity": 10, "width": 1, "depth": 3, "alpha": 0.1, "all_ops": True}}}}
     result = pipeline.refresh(run_config=destructive, selection=[AUGMENTED])
     assert not result.success
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "label_preservation")

@@ -40,7 +40,8 @@ def test_each_complete_batch_runs_exactly_once_and_the_cursor_survives_a_restart
     first, _ = tick(sensor, instance, resources)
     runs = requests_of(first)
     assert sorted((r.job_name, r.partition_key) for r in runs) == sorted(
-        (f"ingest_{s}", b) for s in SOURCES for b in sorted(p.name for p in (data / "landing" / s).iterdir()))
+        (f"ingest_{s}", b) for s in SOURCES if (data / "landing" / s).is_dir()
+        for b in sorted(p.name for p in (data / "landing" / s).iterdir()))
     assert all(isinstance(r, RunRequest) and r.run_key.count(":") == 2 for r in runs)
     added = {req.partitions_def_name: list(req.partition_keys) for req in first.dynamic_partitions_requests}
     assert added == {"field_app_batches": ["batch-0001", "batch-0002"], "legacy_erp_batches": ["batch-0001"],

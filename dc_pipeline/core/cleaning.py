@@ -171,3 +171,63 @@ def clean(
     q = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
     return CleanResult(images=images, quarantine=q.sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True),
                        lineage=lineage)
+
+
+DECISION_COLUMNS = ["sha256", "decision", "new_label", "reviewer", "reason", "decided_at", "source", "batch_id",
+                    "row_number"]
+REVIEW_REASONS = {
+    "unknown_image": "the decision names an image that is not among the accepted images",
+    "unknown_decision": "the decision is not relabel, confirm or exclude",
+    "missing_reviewer": "the decision does not say who made it",
+}
+
+
+def clean_reviews(raw: pd.DataFrame, contracts: Contracts, known_images: set[str],
+                  blocked_batches: dict[tuple[str, str], str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate reviewers' decisions. Returns ``(accepted decisions, quarantine rows)``."""
+    from dc_pipeline.core.contracts import DECISIONS
+
+    accepted, rejected = [], []
+
+    def reject(row: dict, reason: str, detail: str) -> None:
+        rejected.append({**{k: row.get(k) for k in QUARANTINE_COLUMNS}, "record_id": row.get("image_sha256"),
+                         "reason": reason, "detail": detail})
+
+    for row in raw.sort_values(["source", "batch_id", "row_number"]).to_dict("records"):
+        contract = contracts[row["source"]]
+        key = (row["source"], row["batch_id"])
+        label, why = normalize_label(row.get("label_raw"), contract, contracts.project.classes)
+        decided = parse_timestamp(row.get("decided_raw"), contract)
+        if key in blocked_batches:
+            reject(row, "batch_blocked", blocked_batches[key])
+        elif row.get("row_error"):
+            reject(row, "unparseable_record", row["row_error"])
+        elif not row.get("image_sha256"):
+            reject(row, "missing_image_reference", "the decision names no image")
+        elif row["image_sha256"] not in known_images:
+            reject(row, "unknown_image", f"image {row['image_sha256'][:12]} is not an accepted image")
+        elif row.get("decision") not in DECISIONS:
+            reject(row, "unknown_decision", f"decision {row.get('decision')!r} not in {DECISIONS}")
+        elif row["decision"] == "relabel" and why:
+            reject(row, why, f"relabel to {row.get('label_raw')!r}: not one of the classes")
+        elif decided is None:
+            reject(row, "invalid_timestamp", f"{row.get('decided_raw')!r} does not match {contract.timestamp_format}")
+        elif not row.get("reviewer"):
+            reject(row, "missing_reviewer", "the reviewer is empty")
+        else:
+            accepted.append({"sha256": row["image_sha256"], "decision": row["decision"],
+                             "new_label": label if row["decision"] == "relabel" else None,
+                             "reviewer": row["reviewer"], "reason": row.get("reason"),
+                             "decided_at": decided.replace(tzinfo=None), "source": row["source"],
+                             "batch_id": row["batch_id"], "row_number": row["row_number"]})
+    decisions = pd.DataFrame(accepted, columns=DECISION_COLUMNS).astype({"new_label": "Int64"})
+    return decisions, pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS)
+
+
+REASONS.update(REVIEW_REASONS)
+
+
+def latest_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The decision in force per image: the latest by decision time, then by delivery order."""
+    ordered = decisions.sort_values(["decided_at", "batch_id", "row_number"])
+    return ordered.drop_duplicates("sha256", keep="last").reset_index(drop=True)

@@ -20,6 +20,11 @@ import yaml
 
 CANONICAL_FIELDS = ("record_id", "image", "label", "captured_at", "device_id")
 REQUIRED_FIELDS = ("record_id", "image", "label", "captured_at")
+# A "reviews" source delivers reviewers' decisions about images already in the pipeline, not images.
+REVIEW_FIELDS = ("image_sha256", "decision", "label", "reviewer", "reason", "decided_at")
+REVIEW_REQUIRED = ("image_sha256", "decision", "reviewer", "decided_at")
+DECISIONS = ("relabel", "confirm", "exclude")
+KINDS = {"images": (CANONICAL_FIELDS, REQUIRED_FIELDS), "reviews": (REVIEW_FIELDS, REVIEW_REQUIRED)}
 LOGICAL_TYPES = ("integer", "float", "string", "binary", "boolean", "object")
 MANIFEST_FORMATS = ("csv", "jsonl", "parquet")
 PROJECT_FILE = "_project.yaml"
@@ -42,10 +47,11 @@ class ColumnSpec:
 class SourceContract:
     source: str
     description: str
+    kind: str  # "images" or "reviews"
     manifest_file: str
     manifest_format: str
     columns: tuple[ColumnSpec, ...]
-    image_kind: str  # "path" (relative file) or "inline" (bytes in the manifest)
+    image_kind: str | None  # "path" (relative file) or "inline" (bytes in the manifest); None for reviews
     label_map: dict[str, int]
     label_class_ids: bool
     timestamp_format: str  # "iso8601", "epoch_ms", "epoch_s" or a strftime pattern
@@ -109,6 +115,10 @@ def load_contract(path: Path) -> SourceContract:
     raw = yaml.safe_load(text)
     where = f"contract {path.name}"
     try:
+        kind = raw.get("kind", "images")
+        if kind not in KINDS:
+            raise ContractError(f"{where}: kind {kind!r} not one of {sorted(KINDS)}")
+        allowed, required = KINDS[kind]
         fmt = raw["manifest"]["format"]
         if fmt not in MANIFEST_FORMATS:
             raise ContractError(f"{where}: manifest format {fmt!r} not one of {MANIFEST_FORMATS}")
@@ -118,8 +128,8 @@ def load_contract(path: Path) -> SourceContract:
             bad = set(types) - set(LOGICAL_TYPES)
             if bad:
                 raise ContractError(f"{where}: column {name}: unknown types {sorted(bad)}")
-            if spec["field"] not in CANONICAL_FIELDS:
-                raise ContractError(f"{where}: column {name}: field {spec['field']!r} not in {CANONICAL_FIELDS}")
+            if spec["field"] not in allowed:
+                raise ContractError(f"{where}: column {name}: field {spec['field']!r} not in {allowed}")
             columns.append(
                 ColumnSpec(
                     name=name,
@@ -130,16 +140,17 @@ def load_contract(path: Path) -> SourceContract:
                 )
             )
         fields = [c.field for c in columns]
-        missing = [f for f in REQUIRED_FIELDS if f not in fields]
+        missing = [f for f in required if f not in fields]
         if missing or len(set(fields)) != len(fields):
-            raise ContractError(f"{where}: every field in {REQUIRED_FIELDS} must be fed by exactly one column")
+            raise ContractError(f"{where}: every field in {required} must be fed by exactly one column")
         labels = raw.get("labels", {})
-        image_kind = raw["image"]["kind"]
-        if image_kind not in ("path", "inline"):
+        image_kind = raw["image"]["kind"] if kind == "images" else None
+        if kind == "images" and image_kind not in ("path", "inline"):
             raise ContractError(f"{where}: image kind must be 'path' or 'inline'")
         return SourceContract(
             source=raw["source"],
             description=raw.get("description", ""),
+            kind=kind,
             manifest_file=raw["manifest"]["file"],
             manifest_format=fmt,
             columns=tuple(columns),
@@ -152,6 +163,15 @@ def load_contract(path: Path) -> SourceContract:
         )
     except KeyError as exc:
         raise ContractError(f"{where}: missing key {exc}") from None
+
+
+def source_kinds(directory: str | Path) -> dict[str, str]:
+    """``{source: kind}`` from the contract files, read cheaply (definitions load time)."""
+    out = {}
+    for path in sorted(Path(directory).glob("*.yaml")):
+        if path.name != PROJECT_FILE:
+            out[path.stem] = (yaml.safe_load(path.read_text()) or {}).get("kind", "images")
+    return out
 
 
 def load_contracts(directory: str | Path) -> Contracts:
@@ -169,6 +189,10 @@ def load_contracts(directory: str | Path) -> Contracts:
             raise ContractError(f"contract {path.name} declares source {contract.source!r}; name the file after it")
         sources[contract.source] = contract
     return Contracts(project=_load_project(project_file), sources=sources)
+
+
+def image_sources(contracts: Contracts) -> list[str]:
+    return sorted(s for s, c in contracts.sources.items() if c.kind == "images")
 
 
 # ---------------------------------------------------------------------------------------------

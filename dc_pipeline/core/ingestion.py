@@ -19,6 +19,13 @@ RAW_COLUMNS = [
 ]
 
 
+REVIEW_RAW_COLUMNS = [
+    "source", "batch_id", "row_number", "image_sha256", "decision", "label_raw", "reviewer", "reason",
+    "decided_raw", "row_error", "raw_record",
+    "manifest_file", "manifest_sha256", "contract_version", "code_version", "ingested_at",
+]
+
+
 class IncompleteBatch(ValueError):
     """The batch has no ``_SUCCESS`` marker yet: it must not be read."""
 
@@ -58,6 +65,12 @@ def ingest_batch(batch_dir: Path, source: str, batch_id: str, contract: SourceCo
     manifest = read_manifest(batch_dir, contract)
     verdict = check_schema(manifest, contract)
     now = now or datetime.now(timezone.utc)
+    provenance = {"source": source, "batch_id": batch_id, "manifest_file": manifest.path.name,
+                  "manifest_sha256": manifest.sha256, "contract_version": contract.version,
+                  "code_version": code_version, "ingested_at": now.replace(tzinfo=None)}
+    if contract.kind == "reviews":
+        rows = [{**rec, **provenance} for rec in canonical_rows(manifest, contract, verdict)]
+        return IngestedBatch(manifest=manifest, verdict=verdict, rows=_typed(rows, REVIEW_RAW_COLUMNS))
     rows = []
     for rec in canonical_rows(manifest, contract, verdict):
         value = rec.pop("image_value")
@@ -71,25 +84,19 @@ def ingest_batch(batch_dir: Path, source: str, batch_id: str, contract: SourceCo
                 data, error = None, "image_file_too_large"
         else:
             error = "missing_image_reference"
-        rows.append({
-            **rec,
-            "source": source,
-            "batch_id": batch_id,
-            "image_ref": ref,
-            "image_sha256": store.put(data) if data is not None else None,
-            "image_error": error,
-            "manifest_file": manifest.path.name,
-            "manifest_sha256": manifest.sha256,
-            "contract_version": contract.version,
-            "code_version": code_version,
-            "ingested_at": now.replace(tzinfo=None),
-        })
-    frame = pd.DataFrame(rows, columns=RAW_COLUMNS)
+        rows.append({**rec, **provenance, "image_ref": ref, "image_error": error,
+                     "image_sha256": store.put(data) if data is not None else None})
+    return IngestedBatch(manifest=manifest, verdict=verdict, rows=_typed(rows, RAW_COLUMNS))
+
+
+def _typed(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Explicit column types: an all-empty column must still be VARCHAR in DuckDB."""
+    frame = pd.DataFrame(rows, columns=columns)
     frame["row_number"] = frame["row_number"].astype("int64")
-    for col in RAW_COLUMNS:  # explicit text types: an all-empty column must still be VARCHAR in DuckDB
+    for col in columns:
         if col not in ("row_number", "ingested_at"):
             frame[col] = frame[col].astype("string")
-    return IngestedBatch(manifest=manifest, verdict=verdict, rows=frame)
+    return frame
 
 
 def expected_batch_size(previous_counts: list[int], low: float = 0.2, high: float = 5.0) -> tuple[int, int | None]:
@@ -98,3 +105,24 @@ def expected_batch_size(previous_counts: list[int], low: float = 0.2, high: floa
         return 1, None
     median = float(pd.Series(previous_counts).median())
     return max(1, int(median * low)), int(median * high) + 1
+
+
+def health_frame(rows: pd.DataFrame, contract: SourceContract, classes: tuple[int, ...]) -> pd.DataFrame:
+    """Per raw row, what a batch-quality check looks at: an id, whether the label maps, a timestamp and
+    whether the payload (image bytes, or a known decision) is there."""
+    from dc_pipeline.core.contracts import DECISIONS, normalize_label, parse_timestamp
+
+    labels_ok = [normalize_label(v, contract, classes)[1] is None for v in rows["label_raw"]]
+    if contract.kind == "reviews":
+        relabel = (rows["decision"] == "relabel").fillna(False).to_numpy()
+        frame = pd.DataFrame({"record_id": rows["image_sha256"],
+                              "label_ok": [ok or not r for ok, r in zip(labels_ok, relabel)],
+                              "captured_at": [parse_timestamp(v, contract) for v in rows["decided_raw"]],
+                              "payload_ok": rows["decision"].isin(DECISIONS).fillna(False)})
+    else:
+        frame = pd.DataFrame({"record_id": rows["record_id"], "label_ok": labels_ok,
+                              "captured_at": [parse_timestamp(v, contract) for v in rows["captured_raw"]],
+                              "payload_ok": rows["image_sha256"].notna()})
+    frame["captured_at"] = pd.to_datetime(frame["captured_at"], utc=True).dt.tz_localize(None)
+    frame["payload_ok"] = frame["payload_ok"].astype(bool)
+    return frame

@@ -195,7 +195,7 @@ def check_schema(manifest: Manifest, contract: SourceContract) -> SchemaVerdict:
     present = {renames.get(c, c): c for c in observed}
     for spec in contract.columns:
         if spec.name not in present:
-            if spec.field == "device_id" and spec.nullable:
+            if spec.nullable and spec.field not in required_fields(contract):
                 continue  # an optional column may be absent
             messages.append(f"required column {spec.name!r} is missing")
             blocked = True
@@ -241,17 +241,21 @@ def canonical_rows(manifest: Manifest, contract: SourceContract, verdict: Schema
             name = by_field.get(field_name)
             return rec.get(inverse.get(name, name)) if name else None
 
-        image = get("image")
-        rows.append(
-            {
-                "row_number": i,
-                "record_id": _as_text(get("record_id")),
-                "image_value": image,
-                "label_raw": _as_text(get("label")),
-                "captured_raw": _as_text(get("captured_at")),
-                "device_id": _as_text(get("device_id")),
-                "row_error": manifest.row_errors.get(i),
-                "raw_record": json.dumps({k: _jsonable(v) for k, v in rec.items()}, default=str),
-            }
-        )
+        common = {"row_number": i, "row_error": manifest.row_errors.get(i),
+                  "raw_record": json.dumps({k: _jsonable(v) for k, v in rec.items()}, default=str)}
+        if contract.kind == "reviews":
+            rows.append({**common, "image_sha256": _as_text(get("image_sha256")),
+                         "decision": _as_text(get("decision")), "label_raw": _as_text(get("label")),
+                         "reviewer": _as_text(get("reviewer")), "reason": _as_text(get("reason")),
+                         "decided_raw": _as_text(get("decided_at"))})
+        else:
+            rows.append({**common, "record_id": _as_text(get("record_id")), "image_value": get("image"),
+                         "label_raw": _as_text(get("label")), "captured_raw": _as_text(get("captured_at")),
+                         "device_id": _as_text(get("device_id"))})
     return rows
+
+
+def required_fields(contract: SourceContract) -> tuple[str, ...]:
+    from dc_pipeline.core.contracts import KINDS
+
+    return KINDS[contract.kind][1]

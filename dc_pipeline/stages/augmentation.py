@@ -105,7 +105,7 @@ def label_preservation(lake: DataLake, warehouse: DuckDBResource) -> AssetCheckR
 
     samples = np.load(lake.root_path("augmented") / f"{meta['dataset_hash'][:16]}.npz")
     score = label_preservation_score(version.split("train"), version.split("val"),
-                                     samples["views"], samples["labels"])
+                                     samples["views"], samples["labels"], sampled=samples["positions"])
     passed = score["augmented_accuracy"] >= MIN_ACCURACY_RATIO * score["clean_val_accuracy"]
     return AssetCheckResult(passed=bool(passed), severity=AssetCheckSeverity.ERROR, metadata={
         **score, "required_ratio": MIN_ACCURACY_RATIO,

@@ -22,6 +22,7 @@ from dc_pipeline.stages.metadata import counts_markdown, table_metadata
 IMAGES = AssetKey(["clean", "images"])
 QUARANTINE = AssetKey(["clean", "quarantine"])
 LINEAGE = AssetKey(["clean", "lineage"])
+DECISIONS = AssetKey(["clean", "review_decisions"])
 # Class shares outside [1/2, 2] times the uniform share are flagged.
 CLASS_BALANCE_BOUNDS = (0.5, 2.0)
 
@@ -48,7 +49,10 @@ def blocked_batches(conn) -> dict[tuple[str, str], str]:
     return out
 
 
-def build_cleaning(sources: list[str]) -> list:
+def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
+    """``sources`` deliver images; ``review_sources`` deliver reviewers' decisions about them."""
+    all_sources = [*sources, *review_sources]
+
     @multi_asset(
         specs=[
             AssetSpec(IMAGES, group_name="cleaning", kinds={"duckdb", "pandas"},
@@ -62,39 +66,57 @@ def build_cleaning(sources: list[str]) -> list:
                       deps=[raw_key(s) for s in sources],
                       description=("Every accepted record (kept copy or duplicate) with its provenance, so a "
                                    "removed duplicate is never lost.")),
+            AssetSpec(DECISIONS, group_name="cleaning", kinds={"duckdb", "pandas"},
+                      deps=[raw_key(s) for s in review_sources],
+                      description=("Reviewers' accepted decisions (relabel, confirm, exclude) about accepted "
+                                   "images, with provenance; invalid ones are in the quarantine.")),
         ],
         pool=DUCKDB_POOL,
     )
     def clean_tables(context: AssetExecutionContext, lake: DataLake, warehouse: DuckDBResource):
-        from dc_pipeline.core.cleaning import clean
+        from dc_pipeline.core.cleaning import DECISION_COLUMNS, clean, clean_reviews
         from dc_pipeline.core.warehouse import replace_table
 
         contracts = lake.contracts()
         with warehouse.get_connection() as conn:
             raw = load_raw(conn, sources)
+            reviews = load_raw(conn, review_sources) if review_sources else pd.DataFrame()
             blocked = blocked_batches(conn)
         result = clean(raw, contracts, lake.object_store(), blocked)
         images = result.images.copy()
         images["captured_at"] = pd.to_datetime(images["captured_at"], utc=True).dt.tz_localize(None)
+        if len(reviews) and "image_sha256" in reviews:
+            decisions, rejected = clean_reviews(reviews, contracts, set(images["sha256"]), blocked)
+        else:
+            decisions, rejected = pd.DataFrame(columns=DECISION_COLUMNS), result.quarantine.iloc[:0]
+        quarantine = pd.concat([result.quarantine, rejected], ignore_index=True)
         with warehouse.get_connection() as conn:
             replace_table(conn, "clean.images", images)
-            replace_table(conn, "clean.quarantine", result.quarantine)
+            replace_table(conn, "clean.quarantine", quarantine)
             replace_table(conn, "clean.lineage", result.lineage)
+            replace_table(conn, "clean.review_decisions", decisions.astype({"decision": "string",
+                                                                            "reviewer": "string",
+                                                                            "reason": "string"}))
         for (source, batch), why in blocked.items():
             context.log.warning(f"{source}/{batch} kept out of clean data: {why}")
         yield MaterializeResult(asset_key=IMAGES, metadata={
             **table_metadata(images), "per_label": counts_markdown(images["label"].value_counts().sort_index(), "label"),
             "per_source": counts_markdown(images["source"].value_counts(), "source")})
         yield MaterializeResult(asset_key=QUARANTINE, metadata={
-            **table_metadata(result.quarantine),
-            "per_reason": counts_markdown(result.quarantine["reason"].value_counts(), "reason")})
+            **table_metadata(quarantine),
+            "per_reason": counts_markdown(quarantine["reason"].value_counts(), "reason")})
+        yield MaterializeResult(asset_key=DECISIONS, metadata={
+            **table_metadata(decisions),
+            "per_decision": counts_markdown(decisions["decision"].value_counts(), "decision")})
         yield MaterializeResult(asset_key=LINEAGE, metadata={
             **table_metadata(result.lineage),
             "duplicates": int((result.lineage["role"] == "duplicate").sum())})
 
     @asset_check(
-        asset=IMAGES, name="accounting", blocking=True, additional_deps=[QUARANTINE, LINEAGE], pool=DUCKDB_POOL,
-        description=("Blocking. For every batch: records in the manifest = accepted + duplicates + quarantined. "
+        asset=IMAGES, name="accounting", blocking=True, additional_deps=[QUARANTINE, LINEAGE, DECISIONS],
+        pool=DUCKDB_POOL,
+        description=("Blocking. For every batch (images and reviews): records in the manifest = accepted + "
+                     "duplicates + quarantined. "
                      "A record that vanished without a row saying why would make every later figure a lie."),
     )
     def accounting(warehouse: DuckDBResource) -> AssetCheckResult:
@@ -107,9 +129,13 @@ def build_cleaning(sources: list[str]) -> list:
                 conn, "raw.schema_history") else pd.DataFrame(columns=["source", "batch_id", "manifest_records"])
             raw = conn.execute(" UNION ALL ".join(
                 f"SELECT source, batch_id, count(*) AS raw_rows FROM raw.{s} GROUP BY ALL"
-                for s in sources if table_exists(conn, f"raw.{s}")) or "SELECT NULL AS source, NULL AS batch_id, 0 AS raw_rows LIMIT 0").df()
-            lineage = conn.execute("SELECT source, batch_id, count(*) FILTER (role = 'kept') AS accepted, "
-                                   "count(*) FILTER (role = 'duplicate') AS duplicates FROM clean.lineage GROUP BY ALL").df()
+                for s in all_sources if table_exists(conn, f"raw.{s}")) or "SELECT NULL AS source, NULL AS batch_id, 0 AS raw_rows LIMIT 0").df()
+            lineage = conn.execute(
+                "SELECT source, batch_id, sum(accepted) AS accepted, sum(duplicates) AS duplicates FROM ("
+                "SELECT source, batch_id, count(*) FILTER (role = 'kept') AS accepted, "
+                "count(*) FILTER (role = 'duplicate') AS duplicates FROM clean.lineage GROUP BY ALL "
+                "UNION ALL SELECT source, batch_id, count(*), 0 FROM clean.review_decisions GROUP BY ALL) "
+                "GROUP BY ALL").df()
             quarantined = conn.execute(
                 "SELECT source, batch_id, count(*) AS quarantined FROM clean.quarantine GROUP BY ALL").df()
         table = history.merge(raw, how="outer").merge(lineage, how="outer").merge(quarantined, how="outer")

@@ -71,13 +71,25 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
         stratification_table,
     )
     from dc_pipeline.core.provenance import code_version
+
+    from dc_pipeline.core.cleaning import DECISION_COLUMNS, latest_decisions
     from dc_pipeline.core.warehouse import append_rows, replace_table, table_exists
 
     with warehouse.get_connection() as conn:
         images = conn.execute("SELECT image_id, sha256, label, source, batch_id, device_id FROM clean.images "
                               "ORDER BY sha256").df()
+        decisions = (conn.execute("SELECT * FROM clean.review_decisions").df()
+                     if table_exists(conn, "clean.review_decisions") else pd.DataFrame())
     if images.empty:
         raise ValueError("clean.images is empty: nothing to build a dataset from")
+    # The curated dataset applies the latest reviewer decision per image; raw and clean rows stay as delivered.
+    applied = latest_decisions(decisions) if len(decisions) else pd.DataFrame(columns=DECISION_COLUMNS)
+    applied = applied[applied["sha256"].isin(images["sha256"])]
+    curation = images.merge(applied, on="sha256", how="inner", suffixes=("", "_review"))
+    relabel = dict(zip(applied.loc[applied.decision == "relabel", "sha256"],
+                       applied.loc[applied.decision == "relabel", "new_label"]))
+    images = images[~images["sha256"].isin(applied.loc[applied.decision == "exclude", "sha256"])].copy()
+    images["label"] = [int(relabel.get(s, lab)) for s, lab in zip(images["sha256"], images["label"])]
     store = lake.object_store()
     images["split"] = [split_of(s, config.split_salt, config.val_share, config.test_share) for s in images["sha256"]]
     x = canonical_array([store.get(s) for s in images["sha256"]], config.image_size)
@@ -101,6 +113,8 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
         "class_counts": json.dumps({s: {str(k): int(v) for k, v in row.items()} for s, row in per_class.iterrows()}),
         "upstream_batches": json.dumps(sorted(f"{a}/{b}" for a, b in set(zip(images.source, images.batch_id)))),
         "path": str(version.folder), "code_version": str(code_version()["label"]), "is_current": True,
+        "relabelled": int((curation["decision"] == "relabel").sum()),
+        "excluded": int((curation["decision"] == "exclude").sum()),
     }])
     with warehouse.get_connection() as conn:
         if table_exists(conn, "features.dataset_versions"):
@@ -112,10 +126,20 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
             append_rows(conn, "features.dataset_members",
                         pd.DataFrame({"dataset_hash": version_hash, "sha256": images["sha256"]}))
         replace_table(conn, "features.dataset_index", version.index())
+        replace_table(conn, "features.curation_lineage", pd.DataFrame({
+            "dataset_hash": version_hash, "sha256": curation["sha256"], "image_id": curation["image_id"],
+            "delivered_label": curation["label"].astype(int), "decision": curation["decision"].astype("string"),
+            "new_label": curation["new_label"].astype("Int64"), "reviewer": curation["reviewer"].astype("string"),
+            "reason": curation["reason"].astype("string"), "decided_at": curation["decided_at"],
+            "review_source": curation["source_review"].astype("string"),
+            "review_batch": curation["batch_id_review"].astype("string"),
+            "review_row": curation["row_number"].astype("Int64")}))
         replace_table(conn, "features.image_stats", stats)
     context.log.info(f"dataset version {version_hash[:12]}: {dict(counts)} ({'new' if created else 'unchanged'})")
     yield MaterializeResult(asset_key=DATASET_VERSION, metadata={
         "dataset_hash": version_hash, "new_version": created, "path": str(version.folder),
+        "review_decisions_applied": MetadataValue.json(
+            {k: int(v) for k, v in curation["decision"].value_counts().items()}),
         "dagster/row_count": int(len(images)),
         "split_counts": counts_markdown(counts, "split"),
         "class_share_per_split": MetadataValue.md(stratification_table(images).round(3).to_markdown()),

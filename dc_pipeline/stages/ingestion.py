@@ -27,7 +27,7 @@ DUCKDB_POOL = "duckdb"
 SCHEMA_HISTORY = "raw.schema_history"
 BATCH_GATE = "raw.batch_gate"
 # Share of records a batch may have wrong before the batch as a whole is refused.
-BATCH_TOLERANCE = {"ids": 0.05, "labels": 0.10, "timestamps": 0.05, "images": 0.10}
+BATCH_TOLERANCE = {"ids": 0.05, "labels": 0.10, "timestamps": 0.05, "payload": 0.10}
 
 
 def raw_key(source: str) -> AssetKey:
@@ -110,8 +110,9 @@ def build_ingestion(source: str) -> list:
             "schema_status": batch.verdict.status,
             "schema_hash": history["schema_hash"],
             "schema_changed_from_previous_batch": bool(history["changed_from_previous"]),
-            "images_stored": int(batch.rows["image_sha256"].notna().sum()),
-            "rows_with_image_errors": int(batch.rows["image_error"].notna().sum()),
+            **({"images_stored": int(batch.rows["image_sha256"].notna().sum()),
+                "rows_with_image_errors": int(batch.rows["image_error"].notna().sum())}
+               if contract.kind == "images" else {}),
         })
         yield AssetCheckResult(
             check_name="schema_contract",
@@ -130,28 +131,23 @@ def build_ingestion(source: str) -> list:
         asset=key, name="batch_quality", blocking=True, partitions_def=partitions, pool=DUCKDB_POOL,
         description=(
             "Blocking. Great Expectations on the batch: ids present and unique, labels in the source's vocabulary, "
-            "capture times parse and are plausible, image bytes present. Single bad records are quarantined by "
+            "times parse and are plausible, the payload is there (image bytes, or a known review decision). "
+            "Single bad records are quarantined by "
             f"cleaning; more than {BATCH_TOLERANCE} of a batch wrong means a broken delivery, so the batch is "
             "kept out of everything downstream."
         ),
     )
     def batch_quality(context, lake: DataLake, warehouse: DuckDBResource) -> AssetCheckResult:
-        from dc_pipeline.core.contracts import normalize_label, parse_timestamp
         from dc_pipeline.core.expectations import Expectation as E
         from dc_pipeline.core.expectations import validate
+        from dc_pipeline.core.ingestion import health_frame
 
         batch_id = context.partition_key
         contracts = lake.contracts()
         contract = contracts[source]
         with warehouse.get_connection() as conn:
             rows = conn.execute(f"SELECT * FROM raw.{source} WHERE batch_id = ?", [batch_id]).df()
-        frame = pd.DataFrame({
-            "record_id": rows["record_id"],
-            "label_ok": [normalize_label(v, contract, contracts.project.classes)[1] is None for v in rows["label_raw"]],
-            "captured_at": [parse_timestamp(v, contract) for v in rows["captured_raw"]],
-            "has_image": rows["image_sha256"].notna(),
-        })
-        frame["captured_at"] = pd.to_datetime(frame["captured_at"], utc=True).dt.tz_localize(None)
+        frame = health_frame(rows, contract, contracts.project.classes)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         summary = validate(frame, [
             E("ExpectColumnValuesToNotBeNull", column="record_id", mostly=1 - BATCH_TOLERANCE["ids"]),
@@ -161,7 +157,7 @@ def build_ingestion(source: str) -> list:
             E("ExpectColumnValuesToBeBetween", column="captured_at",
               min_value=contracts.project.earliest.replace(tzinfo=None),
               max_value=now + contracts.project.max_future, mostly=1 - BATCH_TOLERANCE["timestamps"]),
-            E("ExpectColumnValuesToBeInSet", column="has_image", value_set=[True], mostly=1 - BATCH_TOLERANCE["images"]),
+            E("ExpectColumnValuesToBeInSet", column="payload_ok", value_set=[True], mostly=1 - BATCH_TOLERANCE["payload"]),
         ], id_column="record_id", name=f"{source}_batch_quality")
         failed = "; ".join(f"{o.expectation}[{o.column}]" for o in summary.failed())
         with warehouse.get_connection() as conn:
@@ -184,7 +180,7 @@ def build_ingestion(source: str) -> list:
 
         batch_id = context.partition_key
         with warehouse.get_connection() as conn:
-            rows = conn.execute(f"SELECT record_id FROM raw.{source} WHERE batch_id = ?", [batch_id]).df()
+            rows = conn.execute(f"SELECT row_number FROM raw.{source} WHERE batch_id = ?", [batch_id]).df()
             prev = conn.execute(
                 f"SELECT batch_id, arg_max(record_count, observed_at) AS n FROM {SCHEMA_HISTORY} "
                 "WHERE source = ? AND batch_id <> ? AND status <> 'blocked' GROUP BY batch_id", [source, batch_id]).df()

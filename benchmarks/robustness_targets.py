@@ -40,6 +40,8 @@ def build_demo(data: Path) -> None:
     defs = build_definitions(sources, resources_for(data))
     instance = DagsterInstance.ephemeral()
     for source in sources:
+        if not (data / "landing" / source).is_dir():
+            continue  # e.g. no reviews delivered yet
         batches = sorted(p.name for p in (data / "landing" / source).iterdir())
         instance.add_dynamic_partitions(batches_of(source).name, batches)
         for batch in batches:

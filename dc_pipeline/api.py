@@ -7,7 +7,7 @@
     x, y = load_split("test")                 # canonical images [N, S, S] float32 and class ids
 
 Paths default to ``DC_DATA_DIR`` (default ``data``) and ``DC_WAREHOUSE`` (default
-``<data>/warehouse.duckdb``). The warehouse is opened read-only, so this works while Dagster is idle
+``<data>/warehouse.duckdb``); a ``data_dir`` argument means ``<data_dir>/warehouse.duckdb``. The warehouse is opened read-only, so this works while Dagster is idle
 between steps; a step that is writing holds DuckDB's lock.
 """
 
@@ -25,8 +25,13 @@ __all__ = ["load_model", "load_split", "LoadedModel"]
 
 
 def _paths(data_dir: str | Path | None, warehouse: str | Path | None) -> tuple[Path, Path]:
-    data = Path(data_dir or os.getenv("DC_DATA_DIR", "data"))
-    return data, Path(warehouse or os.getenv("DC_WAREHOUSE") or data / "warehouse.duckdb")
+    """An explicit ``data_dir`` brings its own warehouse; otherwise both come from the environment."""
+    if warehouse:
+        return Path(data_dir or os.getenv("DC_DATA_DIR", "data")), Path(warehouse)
+    if data_dir:
+        return Path(data_dir), Path(data_dir) / "warehouse.duckdb"
+    data = Path(os.getenv("DC_DATA_DIR", "data"))
+    return data, Path(os.getenv("DC_WAREHOUSE") or data / "warehouse.duckdb")
 
 
 @contextmanager

@@ -68,10 +68,35 @@ def scan_landing(lake: DataLake, sources: list[str], log) -> list[tuple[str, str
     return found
 
 
-def build_landing_sensor(sources: list[str]):
+def already_ingested(instance, source: str, batch_id: str, manifest_sha256: str) -> bool:
+    """Whether this batch's raw partition was last materialized from this very manifest (by any path:
+    this sensor, the headless command or the UI)."""
+    from dagster import AssetRecordsFilter
+
+    from dc_pipeline.stages.ingestion import raw_key
+
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=raw_key(source), asset_partitions=[batch_id]), limit=1).records
+    if not records:
+        return False
+    meta = records[0].asset_materialization.metadata
+    return "manifest_sha256" in meta and meta["manifest_sha256"].value == manifest_sha256
+
+
+def build_landing_sensor(sources: list[str], jobs: list | None = None):
+    """``jobs``: the ingestion jobs the Definitions hold (built here for the given sources when omitted)."""
+    if jobs is None:
+        from dc_pipeline.core.contracts import source_kinds
+        from dc_pipeline.jobs import ingestion_jobs
+        from dc_pipeline.resources import PACKAGED_CONTRACTS
+
+        kinds = source_kinds(os.getenv("DC_CONTRACTS_DIR") or PACKAGED_CONTRACTS)
+        jobs = ingestion_jobs([s for s in sources if kinds.get(s) == "images"],
+                              [s for s in sources if kinds.get(s) == "reviews"])
+
     @sensor(
         name="landing_zone_sensor", minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
-        jobs=[],  # targets are named per request (job_name), one ingestion job per source
+        jobs=jobs,  # one ingestion job per source; each request names its job
         description=("Finds complete batches (with _SUCCESS) under the landing zone, adds each new one as a "
                      "partition and requests its ingestion run in the same tick. The run key is source, batch "
                      "and manifest sha256: an unchanged batch never runs twice, a changed re-delivery runs again."),
@@ -83,6 +108,9 @@ def build_landing_sensor(sources: list[str]):
             key = f"{source}/{batch_id}"
             if seen.get(key) == sha:
                 continue
+            if already_ingested(context.instance, source, batch_id, sha):
+                seen[key] = sha  # ingested by another path (the headless command, the UI)
+                continue
             known = set(context.instance.get_dynamic_partitions(batches_of(source).name))
             if batch_id not in known:
                 new_partitions.setdefault(source, []).append(batch_id)
@@ -91,7 +119,8 @@ def build_landing_sensor(sources: list[str]):
                                                                      "dc/manifest_sha256": sha}))
             seen[key] = sha
         if not requests:
-            return SkipReason("no new or changed complete batch")
+            return SensorResult(skip_reason=SkipReason("no new or changed complete batch"),
+                                cursor=json.dumps(seen, sort_keys=True))
         return SensorResult(
             run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
             dynamic_partitions_requests=[AddDynamicPartitionsRequest(batches_of(s).name, keys)

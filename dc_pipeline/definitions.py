@@ -34,6 +34,7 @@ def build_definitions(sources: list[str], resources: dict, contracts_dir: str | 
     reviews = [s for s in sources if kinds.get(s) == "reviews"]
     per_source = [d for s in sources for d in build_ingestion(s)] + [
         d for s in images for d in monitoring.build_monitoring(s)]
+    ingest_jobs = ingestion_jobs(images, reviews)
     return Definitions(
         assets=[
             *per_source, *build_cleaning(images, reviews),
@@ -43,8 +44,8 @@ def build_definitions(sources: list[str], resources: dict, contracts_dir: str | 
             evaluation.corrupted_test_set, evaluation.model_evaluation, evaluation.promotion_gate,
             evaluation.champion, monitoring.overview, curation.label_issues, curation.slice_analysis,
         ],
-        jobs=[*ingestion_jobs(images, reviews), *pipeline_jobs()],
-        sensors=[automation.build_landing_sensor(sources), automation.retraining_trigger,
+        jobs=[*ingest_jobs, *pipeline_jobs()],
+        sensors=[automation.build_landing_sensor(sources, ingest_jobs), automation.retraining_trigger,
                  automation.run_failure_alerts],
         schedules=[automation.nightly_monitoring, automation.weekly_retrain],
         resources={"retrain_policy": automation.RetrainPolicy(), **resources},

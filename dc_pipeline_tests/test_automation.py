@@ -148,3 +148,13 @@ def test_failed_runs_are_recorded_and_posted_to_the_webhook(pipeline, monkeypatc
         alerts = conn.execute("SELECT * FROM main.run_failures").df()
     assert alerts.run_id.tolist() == [result.run_id]
     assert received and received[0]["run_id"] == result.run_id and received[0]["job_name"] == run.job_name
+
+
+def test_batches_ingested_by_another_path_are_not_requested_again(pipeline):
+    assert pipeline.ingest("field_app", "batch-0001").success  # as `dc-pipeline materialize` or the UI would
+    result = build_landing_sensor(SOURCES)(build_sensor_context(instance=pipeline.instance,
+                                                                resources=pipeline.resources))
+    requested = {(r.job_name, r.partition_key) for r in result.run_requests}
+    assert ("ingest_field_app", "batch-0001") not in requested
+    assert ("ingest_field_app", "batch-0002") in requested
+    assert "field_app/batch-0001" in json.loads(result.cursor)

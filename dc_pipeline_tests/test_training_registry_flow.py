@@ -93,6 +93,9 @@ def test_gate_refuses_a_challenger_that_does_not_beat_the_champion(pipeline):
     assert pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item() == champion
     challenger = pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'challenger'").version_id.item()
     assert challenger != champion
+    # the champion was re-evaluated on the same test data the challenger was judged on
+    champion_rows = pipeline.sql("SELECT DISTINCT version_id, dataset_hash FROM evaluation.metrics WHERE kind = 'champion'")
+    assert champion_rows.version_id.tolist() == [champion]
     decisions = pipeline.sql("SELECT passed, challenger FROM registry.gate_decisions ORDER BY decided_at")
     assert decisions.passed.tolist() == [True, False] and decisions.challenger.iloc[-1] == challenger
 

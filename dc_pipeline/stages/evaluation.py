@@ -80,7 +80,7 @@ def load_corrupted(path) -> dict:
 @asset(
     key=MODEL_EVALUATION, deps=[BASELINE_MODEL, AUGMIX_MODEL, CORRUPTED_TEST], group_name="evaluation",
     kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL,
-    description=("Both newly trained models side by side: clean error, error per corruption and severity, mean "
+    description=("Both newly trained models side by side (and the champion, re-evaluated on the same data): clean error, error per corruption and severity, mean "
                  "corruption error (mCE) and the AugMix model's relative mCE, calibration (ECE and RMS calibration "
                  "error) on clean and corrupted data, per-class and per-source errors, confusion matrix, and the "
                  "automation rate at a confidence threshold chosen on validation data for at most 1% accepted "
@@ -102,6 +102,10 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
         current = conn.execute(f"SELECT kind, version_id FROM {CURRENT_MODELS}").df()
         registry = Registry(conn, lake.artifacts).ensure()
         models = {row.kind: build_loaded(*registry.load_weights(row.version_id)) for row in current.itertuples()}
+        champion_id = registry.alias("champion")
+        if champion_id and champion_id not in {m.version_id for m in models.values()}:
+            # The gate must compare like with like: the champion is re-evaluated on today's test data.
+            models["champion"] = build_loaded(*registry.load_weights(champion_id))
     version = DatasetVersion(lake.datasets, meta["dataset_hash"])
     classes = list(lake.contracts().project.classes)
     (xt, yt), (xv, yv) = version.split("test"), version.split("val")
@@ -119,15 +123,18 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
         registry = Registry(conn, lake.artifacts)
         for kind, ev in evaluations.items():
             vid = models[kind].version_id
-            extra = {"relative_mce_vs_baseline": rel.ratio} if kind == "augmix" else {}
-            registry.set_metrics(vid, {**ev.summary, **extra, "dataset_hash": meta["dataset_hash"]})
-            rows += [{"version_id": vid, "kind": kind, "metric": k, "corruption": None, "severity": None,
-                      "value": float(v)} for k, v in ev.summary.items()]
-            rows += [{"version_id": vid, "kind": kind, "metric": "error", "corruption": n, "severity": s,
-                      "value": e} for (n, s), e in ev.corruption_errors.items()]
+            if kind != "champion":  # the registry keeps a model's figures on the data it was trained for
+                extra = {"relative_mce_vs_baseline": rel.ratio} if kind == "augmix" else {}
+                registry.set_metrics(vid, {**ev.summary, **extra, "dataset_hash": meta["dataset_hash"]})
+            common = {"version_id": vid, "kind": kind, "dataset_hash": meta["dataset_hash"]}
+            rows += [{**common, "metric": k, "corruption": None, "severity": None, "value": float(v)}
+                     for k, v in ev.summary.items()]
+            rows += [{**common, "metric": "error", "corruption": n, "severity": s, "value": e}
+                     for (n, s), e in ev.corruption_errors.items()]
         frame = pd.DataFrame(rows).astype({"corruption": "string", "severity": "Int64"})
         for vid in frame.version_id.unique():
-            replace_rows(conn, "evaluation.metrics", frame[frame.version_id == vid], {"version_id": vid})
+            replace_rows(conn, "evaluation.metrics", frame[frame.version_id == vid],
+                         {"version_id": vid, "dataset_hash": meta["dataset_hash"]})
         registry.set_alias("challenger", models[CANDIDATE_KIND].version_id,
                            "newest AugMix model, evaluated", context.run_id)
     summary = pd.DataFrame({k: ev.summary for k, ev in evaluations.items()}).round(4)
@@ -168,7 +175,8 @@ class PromotionPolicy(Config):
     asset=MODEL_EVALUATION, name="promotion_gate", blocking=True, pool=DUCKDB_POOL,
     description=("Blocking. The challenger becomes champion only if its mCE beats the champion's by 5% (relative), "
                  "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "
-                 "not worse. The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
+                 "not worse, both measured on the same, current test data (the champion is re-evaluated on it). "
+                 "The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
                  "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions."),
 )
 def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: DuckDBResource) -> AssetCheckResult:
@@ -176,11 +184,20 @@ def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: 
 
     with warehouse.get_connection() as conn:
         registry = Registry(conn, lake.artifacts).ensure()
+        meta = current_version(conn)
         challenger = registry.get("challenger")
         champion_id = registry.alias("champion")
-        champion = registry.get(champion_id) if champion_id else None
-        decision = promotion_decision(challenger["version_id"], challenger["metrics"], champion_id,
-                                      champion["metrics"] if champion else None,
+
+        def figures(version_id: str) -> dict:
+            """A model's summary figures on the current dataset version's test data."""
+            rows = conn.execute("SELECT metric, value FROM evaluation.metrics WHERE version_id = ? AND "
+                                "dataset_hash = ? AND corruption IS NULL", [version_id, meta["dataset_hash"]]).fetchall()
+            if not rows:
+                raise ValueError(f"{version_id} has no evaluation on dataset {meta['dataset_hash'][:12]}")
+            return dict(rows)
+
+        decision = promotion_decision(challenger["version_id"], figures(challenger["version_id"]), champion_id,
+                                      figures(champion_id) if champion_id else None,
                                       GatePolicy(**config.model_dump()))
         registry.record_gate(decision, context.run.run_id)
     return AssetCheckResult(passed=decision.passed, severity=AssetCheckSeverity.ERROR, metadata={

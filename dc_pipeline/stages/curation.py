@@ -46,8 +46,8 @@ def outstanding_errors(ground_truth_path: str, conn) -> set[str]:
 @asset(
     key=LABEL_ISSUES, deps=[DATASET_VERSION], group_name="curation", kinds={"scikitlearn", "duckdb"},
     pool=DUCKDB_POOL,
-    description=("Likely label errors in the current dataset version, by confident learning (Northcutt et al.; the "
-                 "method behind cleanlab) on out-of-fold probabilities from 5-fold cross-validation of a logistic "
+    description=("Likely label errors in the current dataset version, by confident learning (Northcutt et al., with "
+                 "cleanlab) on out-of-fold probabilities from 5-fold cross-validation of a logistic "
                  "regression on the canonical pixels, over every split. The flagged images, most suspicious first, "
                  "form the review queue (curation.review_queue)."),
 )

@@ -152,7 +152,8 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
 
     @asset_check(
         asset=IMAGES, name="clean_expectations", blocking=True, pool=DUCKDB_POOL,
-        description=("Blocking. Great Expectations, strict (no tolerance): image ids and sha256 present and unique, "
+        description=("Blocking. Great Expectations, strict (no tolerance): the canonical columns and their types, "
+                     "image ids and sha256 present and unique, "
                      "labels in the project's classes, width, height and channels within the image bounds, capture "
                      "times plausible. Cleaning must have removed every violation; one left means a cleaning bug."),
     )
@@ -166,7 +167,15 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         with warehouse.get_connection() as conn:
             images = conn.execute("SELECT * FROM clean.images").df()
         now = datetime.now(timezone.utc).replace(tzinfo=None)
+        from dc_pipeline.core.cleaning import IMAGE_COLUMNS
+
+        integer_types = ["int8", "int16", "int32", "int64", "Int64"]
         summary = validate(images, [
+            E("ExpectTableColumnsToMatchSet", column_set=IMAGE_COLUMNS, exact_match=True),
+            *[E("ExpectColumnValuesToBeInTypeList", column=c, type_list=integer_types)
+              for c in ("label", "width", "height", "channels", "n_copies")],
+            E("ExpectColumnValuesToBeInTypeList", column="captured_at",
+              type_list=["datetime64[ns]", "datetime64[us]", "datetime64"]),
             E("ExpectColumnValuesToNotBeNull", column="image_id"),
             E("ExpectColumnValuesToBeUnique", column="image_id"),
             E("ExpectColumnValuesToBeUnique", column="sha256"),

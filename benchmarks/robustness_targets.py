@@ -26,7 +26,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def build_demo(data: Path) -> None:
     from dagster import DagsterInstance
 
-    from dc_pipeline.cli import materialize_all  # noqa: F401  (same path as the CLI)
     from dc_pipeline.core.demo_data import write_demo_landing
     from dc_pipeline.definitions import build_definitions, contract_sources
     from dc_pipeline.jobs import ingest_job_name

@@ -103,7 +103,7 @@ def build_landing_sensor(sources: list[str], jobs: list | None = None):
     )
     def landing_zone_sensor(context: SensorEvaluationContext, lake: DataLake):
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        requests, new_partitions = [], {}
+        requests, new_partitions, known = [], {}, {}
         for source, batch_id, sha in scan_landing(lake, sources, context.log):
             key = f"{source}/{batch_id}"
             if seen.get(key) == sha:
@@ -111,8 +111,9 @@ def build_landing_sensor(sources: list[str], jobs: list | None = None):
             if already_ingested(context.instance, source, batch_id, sha):
                 seen[key] = sha  # ingested by another path (the headless command, the UI)
                 continue
-            known = set(context.instance.get_dynamic_partitions(batches_of(source).name))
-            if batch_id not in known:
+            if source not in known:
+                known[source] = set(context.instance.get_dynamic_partitions(batches_of(source).name))
+            if batch_id not in known[source]:
                 new_partitions.setdefault(source, []).append(batch_id)
             requests.append(RunRequest(run_key=batch_run_key(source, batch_id, sha), job_name=ingest_job_name(source),
                                        partition_key=batch_id, tags={"dc/source": source, "dc/batch": batch_id,

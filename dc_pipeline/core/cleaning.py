@@ -55,21 +55,6 @@ class CleanResult:
     quarantine: pd.DataFrame
     lineage: pd.DataFrame
 
-    def accounting(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """Per batch: manifest records, accepted, duplicates, quarantined, and whether they add up."""
-        keys = ["source", "batch_id"]
-        total = raw.groupby(keys).size().rename("manifest_records")
-        roles = self.lineage.groupby(keys + ["role"]).size().unstack("role") if len(self.lineage) else None
-        accepted = roles["kept"] if roles is not None and "kept" in roles else pd.Series(dtype=int)
-        dups = roles["duplicate"] if roles is not None and "duplicate" in roles else pd.Series(dtype=int)
-        quarantined = self.quarantine.groupby(keys).size()
-        out = pd.concat(
-            [total, accepted.rename("accepted"), dups.rename("duplicates"), quarantined.rename("quarantined")],
-            axis=1,
-        ).fillna(0).astype(int).reset_index()
-        out["balanced"] = out["manifest_records"] == out["accepted"] + out["duplicates"] + out["quarantined"]
-        return out
-
 
 def clean(
     raw: pd.DataFrame,

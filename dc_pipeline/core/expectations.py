@@ -68,7 +68,7 @@ class ValidationSummary:
         return "\n".join(lines)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars and containers to plain Python (Dagster metadata refuses numpy numbers)."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         try:
@@ -76,9 +76,9 @@ def _plain(value: Any) -> Any:
         except (ValueError, AttributeError):
             pass
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, float) and value != value:
         return None
     return value
@@ -111,13 +111,13 @@ def validate(df: pd.DataFrame, expectations: list[Expectation], id_column: str |
             ids.append(str(item.get(id_column)) if isinstance(item, dict) and id_column else str(item))
         if not ids and result.get("partial_unexpected_list"):
             ids = [str(v) for v in result["partial_unexpected_list"][:max_ids]]
-        observed = _plain(result.get("observed_value"))
+        observed = plain(result.get("observed_value"))
         outcomes.append(ExpectationOutcome(
             expectation=cfg.type,
             column=cfg.kwargs.get("column"),
             success=bool(r.success),
-            element_count=_plain(result.get("element_count")),
-            unexpected_count=_plain(result.get("unexpected_count")),
+            element_count=plain(result.get("element_count")),
+            unexpected_count=plain(result.get("unexpected_count")),
             unexpected_percent=None if result.get("unexpected_percent") is None
             else round(float(result["unexpected_percent"]), 4),
             observed_value=observed if isinstance(observed, (int, float, str, bool)) else None,

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import pandas as pd
 from dagster import MetadataValue, TableColumn, TableSchema
 
-
-def plain(value: Any) -> Any:
-    """numpy scalars to plain Python: Dagster metadata refuses numpy numbers."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes, list, dict)):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+from dc_pipeline.core.expectations import plain
 
 
 def table_metadata(df: pd.DataFrame, preview_rows: int = 8, drop: tuple[str, ...] = ("raw_record",)) -> dict:

@@ -187,10 +187,12 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     else:
         reference += f", all sources ({len(y_ref)} images; {int(same.sum())} from {source})"
     classes = champion.classes
+    ref_stats, cur_stats = image_statistics(x_ref), image_statistics(x)
+    test_probs, cur_probs = champion.predict_canonical(x_test), champion.predict_canonical(x)
     report = drift_report(
-        image_statistics(x_ref), image_statistics(x),
+        ref_stats, cur_stats,
         ref_emb=champion.embed_canonical(x_ref), cur_emb=champion.embed_canonical(x),
-        ref_probs=champion.predict_canonical(x_test), cur_probs=(cur_probs := champion.predict_canonical(x)),
+        ref_probs=test_probs, cur_probs=cur_probs,
         ref_labels=class_index(y_ref, classes), cur_labels=class_index(rows["label"], classes),
         ref_sources=ref_sources.tolist(), cur_sources=rows["source"].tolist(),
         test_labels=class_index(y_test, classes),
@@ -226,8 +228,7 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     with warehouse.get_connection() as conn:
         replace_rows(conn, DRIFT_HISTORY, history, {"source": source, "batch_id": batch_id})
         replace_rows(conn, DRIFT_VERDICTS, verdict_row, {"source": source, "batch_id": batch_id})
-    plots = drift_plots(image_statistics(x_ref), image_statistics(x), champion.predict_canonical(x_test).max(axis=1),
-                        cur_probs.max(axis=1), report.features)
+    plots = drift_plots(ref_stats, cur_stats, test_probs.max(axis=1), cur_probs.max(axis=1), report.features)
     lake.reports.mkdir(parents=True, exist_ok=True)
     html_path = lake.reports / f"drift_{source}_{batch_id}.html"
     html_path.write_text(report.html(plots))

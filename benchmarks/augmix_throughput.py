@@ -7,8 +7,9 @@ batch 256, ``torch.set_num_threads(2)``):
 * ``dc_pipeline.augmix.AugMix`` on the whole batch (float tensors);
 * ``torchvision.transforms.v2.AugMix`` called per image on uint8 tensors, configured
   as in the paper (severity 3, width 3, depth -1, alpha 1, ``all_ops=False``);
-* a per-image PIL implementation in the style of the reference code
-  (google-research/augmix ``augmentations.py`` and ``cifar.py``'s ``aug``).
+* the per-image PIL reference ``dc_pipeline.core.ml.augmix.reference.augmix``, in the
+  style of the reference code (google-research/augmix ``augmentations.py`` and
+  ``cifar.py``'s ``aug``).
 
 The three are interleaved in every repeat, so that a busy machine slows them alike;
 the table reports medians over the repeats and is written to
@@ -24,109 +25,22 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torchvision
-from PIL import Image, ImageOps
+from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dc_pipeline.augmix import AugMix  # noqa: E402
+from dc_pipeline.core.ml.augmix import reference  # noqa: E402
 
 BATCH = 256
 RESULTS = Path(__file__).resolve().parent / "results" / "augmix_throughput.md"
-
-
-# --------------------------------------------------------------------------- PIL reference
-# A small copy of the reference ops (augmentations.py) with the image size taken from
-# the image, and of cifar.py's aug() with numpy Dirichlet/Beta and preprocess = to float.
-
-
-class PilAugMix:
-    def __init__(self, severity: int = 3, width: int = 3, depth: int = -1, alpha: float = 1.0, seed: int = 0):
-        self.severity, self.width, self.depth, self.alpha = severity, width, depth, alpha
-        self.rng = np.random.RandomState(seed)
-        self.ops = [
-            self.autocontrast, self.equalize, self.posterize, self.rotate, self.solarize,
-            self.shear_x, self.shear_y, self.translate_x, self.translate_y,
-        ]  # fmt: skip
-
-    @staticmethod
-    def _int_parameter(level: float, maxval: float) -> int:
-        return int(level * maxval / 10)
-
-    @staticmethod
-    def _float_parameter(level: float, maxval: float) -> float:
-        return float(level) * maxval / 10.0
-
-    def _level(self) -> float:
-        return self.rng.uniform(low=0.1, high=self.severity)
-
-    def autocontrast(self, img: Image.Image) -> Image.Image:
-        return ImageOps.autocontrast(img)
-
-    def equalize(self, img: Image.Image) -> Image.Image:
-        return ImageOps.equalize(img)
-
-    def posterize(self, img: Image.Image) -> Image.Image:
-        return ImageOps.posterize(img, 4 - self._int_parameter(self._level(), 4))
-
-    def rotate(self, img: Image.Image) -> Image.Image:
-        degrees = self._int_parameter(self._level(), 30)
-        if self.rng.uniform() > 0.5:
-            degrees = -degrees
-        return img.rotate(degrees, resample=Image.BILINEAR)
-
-    def solarize(self, img: Image.Image) -> Image.Image:
-        return ImageOps.solarize(img, 256 - self._int_parameter(self._level(), 256))
-
-    def _affine(self, img: Image.Image, data: tuple[float, ...]) -> Image.Image:
-        return img.transform(img.size, Image.AFFINE, data, resample=Image.BILINEAR)
-
-    def shear_x(self, img: Image.Image) -> Image.Image:
-        level = self._float_parameter(self._level(), 0.3)
-        if self.rng.uniform() > 0.5:
-            level = -level
-        return self._affine(img, (1, level, 0, 0, 1, 0))
-
-    def shear_y(self, img: Image.Image) -> Image.Image:
-        level = self._float_parameter(self._level(), 0.3)
-        if self.rng.uniform() > 0.5:
-            level = -level
-        return self._affine(img, (1, 0, 0, level, 1, 0))
-
-    def translate_x(self, img: Image.Image) -> Image.Image:
-        level = self._int_parameter(self._level(), img.size[0] / 3)
-        if self.rng.random_sample() > 0.5:
-            level = -level
-        return self._affine(img, (1, 0, level, 0, 1, 0))
-
-    def translate_y(self, img: Image.Image) -> Image.Image:
-        level = self._int_parameter(self._level(), img.size[1] / 3)
-        if self.rng.random_sample() > 0.5:
-            level = -level
-        return self._affine(img, (1, 0, 0, 0, 1, level))
-
-    @staticmethod
-    def preprocess(img: Image.Image) -> np.ndarray:
-        return np.asarray(img, dtype=np.float32) / 255.0
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        ws = np.float32(self.rng.dirichlet([self.alpha] * self.width))
-        m = np.float32(self.rng.beta(self.alpha, self.alpha))
-        mix = np.zeros_like(self.preprocess(image))
-        for i in range(self.width):
-            image_aug = image.copy()
-            depth = self.depth if self.depth > 0 else self.rng.randint(1, 4)
-            for _ in range(depth):
-                op = self.ops[self.rng.randint(len(self.ops))]
-                image_aug = op(image_aug)
-            mix += ws[i] * self.preprocess(image_aug)
-        return (1 - m) * self.preprocess(image) + m * mix
 
 
 # --------------------------------------------------------------------------- data and timing
@@ -165,7 +79,7 @@ def measure(channels: int, repeats: int, engine_calls: int) -> dict[str, float]:
     engine = AugMix(severity=3, width=3, depth=-1, alpha=1.0, all_ops=False)
     generator = torch.Generator().manual_seed(0)
     tv = v2.AugMix(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0, all_ops=False)
-    pil = PilAugMix(seed=0)
+    rng = np.random.RandomState(0)
 
     def run_engine() -> None:
         for _ in range(engine_calls):
@@ -177,7 +91,7 @@ def measure(channels: int, repeats: int, engine_calls: int) -> dict[str, float]:
 
     def run_pil() -> None:
         for img in pil_images:
-            pil(img)
+            reference.augmix(img, rng)
 
     for _ in range(2):  # warm-up
         run_engine()
@@ -245,8 +159,8 @@ def main() -> None:
         f"(engine: {args.engine_calls} batch calls per repeat); paper settings "
         "(severity 3, width 3, depth -1, alpha 1, the 9 ops)",
         "- engine: `dc_pipeline.augmix.AugMix` on float [B, C, H, W]; torchvision: "
-        "`transforms.v2.AugMix(all_ops=False)` per uint8 image; PIL: per-image copy of the "
-        "reference ops and `aug()` in `benchmarks/augmix_throughput.py`",
+        "`transforms.v2.AugMix(all_ops=False)` per uint8 image; PIL: per-image "
+        "`dc_pipeline.core.ml.augmix.reference.augmix` (the reference ops and `aug()`)",
         f"- target engine >= 25x torchvision per image: {'; '.join(verdicts)}",
         "",
     ]

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -34,26 +34,32 @@ def main() -> int:
     import numpy as np
     import pandas as pd
     from dagster import DagsterInstance
+    from robustness_targets import build_demo
 
     from dc_pipeline.api import load_split
-    from dc_pipeline.cli import simulate_review
-    from dc_pipeline.core.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-    from dc_pipeline.core.evaluation import evaluate
-    from dc_pipeline.core.features import DatasetVersion
-    from dc_pipeline.core.training import predict_proba, train
-    from dc_pipeline.definitions import build_definitions, contract_sources
-    from dc_pipeline.resources import resources_for
-    from dc_pipeline.stages.cleaning import DECISIONS, IMAGES, LINEAGE, QUARANTINE
-    from dc_pipeline.stages.curation import LABEL_ISSUES
-    from dc_pipeline.stages.features import DATASET_VERSION, IMAGE_STATS
-    from dc_pipeline.stages.ingestion import batches_of
-    from dc_pipeline.stages.training import TrainingConfig, train_config
-    from robustness_targets import build_demo
+    from dc_pipeline.catalog import (
+        DATASET_VERSION,
+        DECISIONS,
+        IMAGE_STATS,
+        IMAGES,
+        LABEL_ISSUES,
+        LINEAGE,
+        QUARANTINE,
+        batches_of,
+    )
+    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.ml.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+    from dc_pipeline.core.ml.evaluation import evaluate
+    from dc_pipeline.core.ml.training import predict_proba, train
+    from dc_pipeline.defs import build_definitions
+    from dc_pipeline.defs.resources import resources_for
+    from dc_pipeline.defs.training.assets import TrainingConfig, train_config
+    from dc_pipeline.ops.review import simulate_review
 
     tmp = tempfile.TemporaryDirectory()
     data = Path(tmp.name)
     build_demo(data)
-    defs = build_definitions(contract_sources(), resources_for(data))
+    defs = build_definitions(resources_for(data))
     instance = DagsterInstance.ephemeral()
     data_assets = [IMAGES, QUARANTINE, LINEAGE, DECISIONS, DATASET_VERSION, IMAGE_STATS]
     defs.resolve_job_def("refresh_downstream").execute_in_process(instance=instance, asset_selection=[LABEL_ISSUES])
@@ -82,7 +88,7 @@ def main() -> int:
             # validation split (noisy before, curated after); both are judged on the curated test split.
             (x, y), (xv, yv) = dataset["train"], dataset["val"]
             model = train(x, y, xv, yv, cfg, mode="augmix").model()
-            ev = evaluate(lambda a: predict_proba(model, a), (xt, yt), (xv, yv), corrupted, sources, 10)
+            ev = evaluate(lambda a, m=model: predict_proba(m, a), (xt, yt), (xv, yv), corrupted, sources, 10)
             rows.append({"seed": seed, "training data": name, "clean error": ev.summary["clean_error"],
                          "mCE": ev.summary["mce"], "automation (clean)": ev.summary["automation_rate_clean"],
                          "accepted error (clean)": ev.summary["accepted_error_clean"],
@@ -92,7 +98,7 @@ def main() -> int:
     mean = table.groupby("training data", sort=False).mean(numeric_only=True).drop(columns="seed").reset_index()
     text = (table.to_markdown(index=False, floatfmt=".3f") + "\n\nMean over seeds:\n\n"
             + mean.to_markdown(index=False, floatfmt=".3f"))
-    header = (f"# Improve the data, not the model\n\n- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    header = (f"# Improve the data, not the model\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
               f"\n- reviews: {counts} (simulated reviewer answering the whole review queue from the ground truth)"
               f"\n- dataset before {versions.dataset_hash.iloc[0][:12]}, after {current.dataset_hash[:12]} "
               f"({int(current.relabelled)} labels corrected)\n- model: AugMix, default training config, frozen; "

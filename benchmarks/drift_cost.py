@@ -28,8 +28,8 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dc_pipeline.core import drift  # noqa: E402
-from dc_pipeline.core.features import image_statistics  # noqa: E402
+from dc_pipeline.core.data.features import image_statistics  # noqa: E402
+from dc_pipeline.core.monitoring import drift  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "drift_cost.md"
 REF_SIZES = (1_000, 2_500, 5_000, 10_000, 20_000)
@@ -59,7 +59,7 @@ def sample(pool, n: int, rng: np.random.Generator):
 
 def timed(ref, cur, test_probs, test_labels) -> tuple[float, float]:
     """(seconds for drift_report, seconds spent inside its ``mmd_test`` call)."""
-    inner = drift.mmd_test
+    inner = drift.policy.mmd_test  # drift_report calls it from the policy module
     spent = []
 
     def mmd_timed(*args, **kwargs):
@@ -68,14 +68,14 @@ def timed(ref, cur, test_probs, test_labels) -> tuple[float, float]:
         spent.append(time.perf_counter() - t)
         return out
 
-    drift.mmd_test = mmd_timed
+    drift.policy.mmd_test = mmd_timed
     try:
         t0 = time.perf_counter()
         drift.drift_report(ref[0], cur[0], ref[1], cur[1], test_probs, cur[2], ref[3], cur[3], ref[4], cur[4],
                            test_labels=test_labels)
         return time.perf_counter() - t0, sum(spent)
     finally:
-        drift.mmd_test = inner
+        drift.policy.mmd_test = inner
 
 
 def main() -> None:
@@ -99,12 +99,12 @@ def main() -> None:
             print(f"reference {n_ref:>6,}: {rows[-1][1]:.3f} s (MMD {rows[-1][2]:.3f} s)", flush=True)
     load_after = os.getloadavg()[0]
 
-    at_10k = dict((n, s) for n, s, _ in rows)[10_000]
+    at_10k = {n: s for n, s, _ in rows}[10_000]
     table = ["| reference size | seconds | of which MMD |", "|---:|---:|---:|"]
     table += [f"| {n:,} | {s:.3f} | {m:.3f} |" for n, s, m in rows]
     text = "\n".join([
         "# Drift report cost", "",
-        f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+        f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
         f"- CPU: {platform.processor() or platform.machine()}, os.cpu_count() = {os.cpu_count()}, "
         "BLAS/OpenMP limited to 2 threads",

@@ -16,7 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -26,17 +26,24 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def build_demo(data: Path) -> None:
     from dagster import DagsterInstance
 
-    from dc_pipeline.core.demo_data import write_demo_landing
-    from dc_pipeline.definitions import build_definitions, contract_sources
-    from dc_pipeline.jobs import ingest_job_name
-    from dc_pipeline.resources import resources_for
-    from dc_pipeline.stages.cleaning import DECISIONS, IMAGES, LINEAGE, QUARANTINE
-    from dc_pipeline.stages.features import DATASET_VERSION, IMAGE_STATS
-    from dc_pipeline.stages.ingestion import batches_of
+    from dc_pipeline.catalog import (
+        DATASET_VERSION,
+        DECISIONS,
+        IMAGE_STATS,
+        IMAGES,
+        LINEAGE,
+        QUARANTINE,
+        batches_of,
+        contract_sources,
+        ingest_job_name,
+    )
+    from dc_pipeline.defs import build_definitions
+    from dc_pipeline.defs.resources import resources_for
+    from dc_pipeline.demo.landing import write_demo_landing
 
     write_demo_landing(data / "landing")
     sources = contract_sources()
-    defs = build_definitions(sources, resources_for(data))
+    defs = build_definitions(resources_for(data))
     instance = DagsterInstance.ephemeral()
     for source in sources:
         if not (data / "landing" / source).is_dir():
@@ -54,9 +61,9 @@ def step_times(x, y, cfg, steps: int = 40) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from dc_pipeline.core.augmix import AugMix, augmix_views
-    from dc_pipeline.core.models import SmallCNN
-    from dc_pipeline.core.training import jsd_objective
+    from dc_pipeline.core.ml.augmix import AugMix, augmix_views
+    from dc_pipeline.core.ml.networks import SmallCNN
+    from dc_pipeline.core.ml.training import jsd_objective
 
     torch.set_num_threads(cfg.threads)
     model = SmallCNN(width=cfg.width, depth=cfg.depth)
@@ -98,11 +105,11 @@ def main() -> int:
     import numpy as np
 
     from dc_pipeline.api import load_split
-    from dc_pipeline.core.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-    from dc_pipeline.core.evaluation import evaluate
-    from dc_pipeline.core.features import DatasetVersion
-    from dc_pipeline.core.training import train
-    from dc_pipeline.stages.training import TrainingConfig, train_config
+    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.ml.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+    from dc_pipeline.core.ml.evaluation import evaluate
+    from dc_pipeline.core.ml.training import train
+    from dc_pipeline.defs.training.assets import TrainingConfig, train_config
 
     tmp = None
     if args.data_dir is None:
@@ -128,9 +135,9 @@ def main() -> int:
             start = time.perf_counter()
             trained = train(x, y, xv, yv, cfg, mode=mode)
             model = trained.model()
-            from dc_pipeline.core.training import predict_proba
+            from dc_pipeline.core.ml.training import predict_proba
 
-            ev = evaluate(lambda a: predict_proba(model, a), (xt, yt), (xv, yv), corrupted, sources, 10)
+            ev = evaluate(lambda a, m=model: predict_proba(m, a), (xt, yt), (xv, yv), corrupted, sources, 10)
             epoch = statistics.median(h["seconds"] for h in trained.history)
             result[mode] = {**ev.summary, "epoch_seconds": epoch, "total_seconds": time.perf_counter() - start}
         b, a = result["baseline"], result["augmix"]
@@ -154,12 +161,12 @@ def main() -> int:
     mean = table.drop(columns="seed").mean().to_frame().T.assign(seed="mean")
     table = pd.concat([table, mean], ignore_index=True)
     text = table.to_markdown(index=False, floatfmt=".3f")
-    header = (f"# Baseline vs AugMix on the demo data\n\n- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    header = (f"# Baseline vs AugMix on the demo data\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
               f"\n- dataset {dataset_hash[:12]}: train {len(y)}, val {len(yv)}, test {len(yt)} "
               f"(x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities)\n- default training config: "
               f"{cfg.to_dict()} (seed varies)\n- load average before/after: see the console; 2 CPU threads\n\n")
     steps = step_times(x, y, cfg)
-    step_text = ("\n\nPer training step (ms, batch %d): " % cfg.batch_size
+    step_text = (f"\n\nPer training step (ms, batch {cfg.batch_size}): "
                  + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
                  + f"; AugMix/baseline {steps['augmix'] / steps['baseline']:.2f}x, of which augmentation "
                  f"{(steps['augmix'] - steps['three clean copies']) / steps['augmix']:.0%} of the AugMix step.")

@@ -1,5 +1,5 @@
-"""Batched AugMix for training batches (see ``dc_pipeline.core.augmix``)."""
+"""Batched AugMix for training batches (see ``dc_pipeline.core.ml.augmix``)."""
 
-from dc_pipeline.core.augmix import ALL_OPS, OPS, AugMix, augmix_views, jsd_loss
+from dc_pipeline.core.ml.augmix import ALL_OPS, OPS, AugMix, augmix_views, jsd_loss
 
 __all__ = ["ALL_OPS", "OPS", "AugMix", "augmix_views", "jsd_loss"]

@@ -12,10 +12,11 @@ from dagster import DagsterInstance, materialize
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from dc_pipeline.core.demo_data import write_demo_landing  # noqa: E402
-from dc_pipeline.definitions import build_definitions, contract_sources  # noqa: E402
-from dc_pipeline.resources import resources_for  # noqa: E402
-from dc_pipeline.stages.ingestion import batches_of, build_ingestion, raw_key  # noqa: E402
+from dc_pipeline.catalog import batches_of, contract_sources, raw_key  # noqa: E402
+from dc_pipeline.defs import build_definitions  # noqa: E402
+from dc_pipeline.defs.raw.assets import build_ingestion  # noqa: E402
+from dc_pipeline.defs.resources import resources_for  # noqa: E402
+from dc_pipeline.demo.landing import write_demo_landing  # noqa: E402
 
 SOURCES = contract_sources()
 
@@ -29,7 +30,7 @@ class Pipeline:
     resources: dict
 
     def __post_init__(self):
-        self.defs = build_definitions(SOURCES, self.resources)
+        self.defs = build_definitions(self.resources)
 
     @property
     def landing(self) -> Path:
@@ -51,8 +52,7 @@ class Pipeline:
 
     def refresh_data(self, raise_on_error: bool = False, features: bool = True):
         """Refresh cleaning (and features) only, no training."""
-        from dc_pipeline.stages.cleaning import DECISIONS, IMAGES, LINEAGE, QUARANTINE
-        from dc_pipeline.stages.features import DATASET_VERSION, IMAGE_STATS
+        from dc_pipeline.catalog import DATASET_VERSION, DECISIONS, IMAGE_STATS, IMAGES, LINEAGE, QUARANTINE
 
         selection = [IMAGES, QUARANTINE, LINEAGE, DECISIONS] + ([DATASET_VERSION, IMAGE_STATS] if features else [])
         return self.refresh(raise_on_error, run_config={}, selection=selection)

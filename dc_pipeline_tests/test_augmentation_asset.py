@@ -12,7 +12,7 @@ def test_demo_augmented_samples_and_their_check(demo):
     assert md["augmentation_config"].value == {"severity": 3, "width": 3, "depth": -1, "alpha": 1.0,
                                                "all_ops": False, "views": 2, "seed": 0}
     assert "data:image/png;base64," in md["preview"].value
-    samples = np.load(md["path"].value)
+    samples = np.load(demo.data / md["path"].value)
     assert samples["views"].shape == (256, 2, 28, 28)
     assert not np.allclose(samples["views"][:, 0], samples["originals"]), "the views are augmented"
     check = next(e for e in demo.refresh_result.get_asset_check_evaluations() if e.check_name == "label_preservation")

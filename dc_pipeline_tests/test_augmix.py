@@ -8,12 +8,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 from scipy import stats
 from sklearn.datasets import load_digits
 
 from dc_pipeline.augmix import ALL_OPS, OPS, AugMix, augmix_views, jsd_loss
-from dc_pipeline.core.augmix import AugMixParams, apply_op, sample_gamma
+from dc_pipeline.core.ml.augmix import AugMixParams, apply_op, reference, sample_gamma
 
 LUT_OPS = ("autocontrast", "equalize", "posterize", "solarize")
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -66,52 +66,11 @@ def rgb() -> tuple[list[Image.Image], torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- per-image PIL reference
-# The ops of google-research/augmix augmentations.py with the level and the sign passed in
-# instead of sampled, and the image's own size instead of the hard-coded IMAGE_SIZE = 32.
-
-
-def _int_parameter(level: float, maxval: float) -> int:
-    return int(level * maxval / 10)
-
-
-def _float_parameter(level: float, maxval: float) -> float:
-    return float(level) * maxval / 10.0
-
-
-def pil_op(img: Image.Image, name: str, level: float, sign: int) -> Image.Image:
-    w, h = img.size
-    if name == "autocontrast":
-        return ImageOps.autocontrast(img)
-    if name == "equalize":
-        return ImageOps.equalize(img)
-    if name == "posterize":
-        return ImageOps.posterize(img, 4 - _int_parameter(level, 4))
-    if name == "solarize":
-        return ImageOps.solarize(img, 256 - _int_parameter(level, 256))
-    if name == "rotate":
-        return img.rotate(_int_parameter(level, 30) * sign, resample=Image.BILINEAR)
-    if name in ("shear_x", "shear_y"):
-        v = _float_parameter(level, 0.3) * sign
-        data = (1, v, 0, 0, 1, 0) if name == "shear_x" else (1, 0, 0, v, 1, 0)
-        return img.transform((w, h), Image.AFFINE, data, resample=Image.BILINEAR)
-    if name == "translate_x":
-        data = (1, 0, _int_parameter(level, w / 3) * sign, 0, 1, 0)
-        return img.transform((w, h), Image.AFFINE, data, resample=Image.BILINEAR)
-    if name == "translate_y":
-        data = (1, 0, 0, 0, 1, _int_parameter(level, h / 3) * sign)
-        return img.transform((w, h), Image.AFFINE, data, resample=Image.BILINEAR)
-    factor = _float_parameter(level, 1.8) + 0.1
-    enhancer = {
-        "color": ImageEnhance.Color,
-        "contrast": ImageEnhance.Contrast,
-        "brightness": ImageEnhance.Brightness,
-        "sharpness": ImageEnhance.Sharpness,
-    }[name]
-    return enhancer(img).enhance(factor)
+# The ops of google-research/augmix augmentations.py (``reference.apply_op``), stacked into a batch.
 
 
 def pil_batch(images: list[Image.Image], name: str, levels: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    return _to_tensor([pil_op(im, name, float(lv), int(sg)) for im, lv, sg in zip(images, levels, signs)])
+    return _to_tensor([reference.apply_op(im, name, float(lv), int(sg)) for im, lv, sg in zip(images, levels, signs)])
 
 
 # --------------------------------------------------------------------------- every op against PIL
@@ -123,8 +82,8 @@ def pil_batch(images: list[Image.Image], name: str, levels: torch.Tensor, signs:
 #   non-black backgrounds, where a wrong fill would differ by far more than 1 step.
 # * enhance ops: PIL rounds its degenerate image and truncates the blend: max diff <= 2
 #   steps, mean diff <= 0.75 step.
-TOLERANCES = {**{op: (1e-6, 1e-6) for op in LUT_OPS}, **{op: (1.0, 0.6) for op in GEOMETRIC_OPS}}
-TOLERANCES.update({op: (2.0, 0.75) for op in ENHANCE_OPS})
+TOLERANCES = {**dict.fromkeys(LUT_OPS, (1e-06, 1e-06)), **dict.fromkeys(GEOMETRIC_OPS, (1.0, 0.6))}
+TOLERANCES.update(dict.fromkeys(ENHANCE_OPS, (2.0, 0.75)))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -210,18 +169,12 @@ def test_apply_op_draws_signs_from_generator(rgb) -> None:
 
 def _per_image_reference(x: torch.Tensor, augmix: AugMix, params: AugMixParams) -> torch.Tensor:
     """AugMix with a Python loop over images and chains, one ``apply_op`` call per op."""
-    out = []
-    for b in range(x.shape[0]):
-        mix = torch.zeros_like(x[b : b + 1])
-        for i in range(augmix.width):
-            img = x[b : b + 1]
-            for d in range(int(params.depths[i, b])):
-                name = augmix.ops[int(params.ops[d, i, b])]
-                img = apply_op(img, name, params.levels[d, i, b], params.signs[d, i, b])
-            mix = mix + float(params.weights[b, i]) * img
-        m = float(params.m[b])
-        out.append((1 - m) * x[b : b + 1] + m * mix)
-    return torch.cat(out)
+    return torch.cat(
+        [
+            reference.augment_and_mix(x[b : b + 1], *reference.chains_from_params(params, augmix.ops, b), op=apply_op)
+            for b in range(x.shape[0])
+        ]
+    )
 
 
 @pytest.mark.parametrize("channels,all_ops", [(1, False), (3, True)])
@@ -416,3 +369,9 @@ def test_jsd_loss_matches_hand_computation() -> None:
     assert got > 0
     assert got == pytest.approx(expected, rel=1e-5)
     assert jsd_loss(clean, aug2, aug1).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_the_reference_registry_names_the_engine_ops():
+    from dc_pipeline.core.ml.augmix import reference
+
+    assert tuple(reference.OPS) == OPS and tuple(reference.ALL_OPS) == ALL_OPS

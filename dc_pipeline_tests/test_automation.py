@@ -8,12 +8,19 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import duckdb
 import pandas as pd
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunRequest, SkipReason, build_sensor_context
-from dagster import build_run_status_sensor_context
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunRequest,
+    SkipReason,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
 
-from dc_pipeline.automation import RetrainPolicy, build_landing_sensor, retraining_trigger, run_failure_alerts
-from dc_pipeline.core.demo_data import write_demo_landing
-from dc_pipeline.resources import resources_for
+from dc_pipeline.defs.automation.sensors import build_landing_sensor, retraining_trigger, run_failure_alerts
+from dc_pipeline.defs.resources import Alerts, RetrainPolicy, resources_for
+from dc_pipeline.demo.landing import write_demo_landing
 
 from .conftest import SOURCES
 
@@ -116,38 +123,73 @@ def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
     assert isinstance(blocked, SkipReason) and "already" in blocked.skip_message
 
 
-def test_failed_runs_are_recorded_and_posted_to_the_webhook(pipeline, monkeypatch):
-    received = []
+class Webhook:
+    """A real HTTP endpoint on 127.0.0.1 that collects the JSON posted to it."""
 
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
+    def __init__(self):
+        received = self.received = []
 
-        def log_message(self, *args):
-            pass
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
 
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.handle_request, daemon=True)
-    thread.start()
-    monkeypatch.setenv("DC_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/alerts")
-    batch = pipeline.landing / "field_app" / "batch-0001"
-    (batch / "_SUCCESS").unlink()  # an incomplete batch: its ingestion fails
-    result = pipeline.ingest("field_app", "batch-0001")
-    assert not result.success
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Hook)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def alert_on(pipeline, result, alerts: Alerts) -> None:
+    """Evaluate the run-failure sensor on a real failed run, as the daemon does."""
     run = pipeline.instance.get_run_by_id(result.run_id)
     failure = next(e for e in pipeline.instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE))
     context = build_run_status_sensor_context(
         sensor_name="run_failure_alerts", dagster_event=failure.dagster_event, dagster_instance=pipeline.instance,
-        dagster_run=run, resources={"lake": pipeline.resources["lake"]})
+        dagster_run=run, resources={"alerts": alerts})
     run_failure_alerts(context.for_run_failure())
-    thread.join(timeout=10)
-    server.server_close()
+
+
+def test_failed_runs_are_recorded_and_posted_partitioned_after_unpartitioned(pipeline, webhook):
+    """Release 0.1 typed the partition column from the first alert (NULL for an unpartitioned run) and lost
+    every later partitioned one; the declared table keeps both, and both reach the webhook."""
+    alerts = Alerts(database=str(pipeline.data / "alerts.duckdb"), webhook_url=webhook.url)
+    unpartitioned = pipeline.refresh_data()  # nothing ingested yet: features has no images and fails
+    assert not unpartitioned.success
+    alert_on(pipeline, unpartitioned, alerts)
+    (pipeline.landing / "field_app" / "batch-0001" / "_SUCCESS").unlink()  # incomplete: its ingestion fails
+    partitioned = pipeline.ingest("field_app", "batch-0001")
+    assert not partitioned.success
+    alert_on(pipeline, partitioned, alerts)
     with duckdb.connect(str(pipeline.data / "alerts.duckdb"), read_only=True) as conn:
-        alerts = conn.execute("SELECT * FROM main.run_failures").df()
-    assert alerts.run_id.tolist() == [result.run_id]
-    assert received and received[0]["run_id"] == result.run_id and received[0]["job_name"] == run.job_name
+        stored = conn.execute("SELECT run_id, partition FROM main.run_failures ORDER BY failed_at").fetchall()
+    assert stored == [(unpartitioned.run_id, None), (partitioned.run_id, "batch-0001")]
+    assert [r["run_id"] for r in webhook.received] == [unpartitioned.run_id, partitioned.run_id]
+    assert webhook.received[1]["partition"] == "batch-0001"
+
+
+def test_an_alert_is_posted_even_when_the_alert_store_fails(pipeline, webhook):
+    broken = pipeline.data / "alerts-is-a-folder"
+    broken.mkdir()  # DuckDB cannot open a folder as its file
+    (pipeline.landing / "field_app" / "batch-0001" / "_SUCCESS").unlink()
+    failed = pipeline.ingest("field_app", "batch-0001")
+    alert_on(pipeline, failed, Alerts(database=str(broken), webhook_url=webhook.url))
+    assert [r["run_id"] for r in webhook.received] == [failed.run_id]
 
 
 def test_batches_ingested_by_another_path_are_not_requested_again(pipeline):

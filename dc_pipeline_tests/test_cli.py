@@ -1,7 +1,7 @@
 """The dc-pipeline command: demo data and demo batches land where the sensor looks."""
 
 from dc_pipeline.cli import main
-from dc_pipeline.core.manifests import is_complete
+from dc_pipeline.core.data.manifests import is_complete
 
 
 def test_demo_data_then_a_drifted_batch(tmp_path, monkeypatch, capsys):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dc_pipeline.core.contracts import load_contracts, normalize_label, parse_timestamp
-from dc_pipeline.core.images import ImageRejected, ObjectStore, inspect_image
-from dc_pipeline.resources import PACKAGED_CONTRACTS
+from dc_pipeline.core.data.contracts import load_contracts, normalize_label, parse_timestamp
+from dc_pipeline.core.data.images import ImageRejected, ObjectStore, inspect_image
+from dc_pipeline.settings import PACKAGED_CONTRACTS
 
 CONTRACTS = load_contracts(PACKAGED_CONTRACTS)
 CLASSES = CONTRACTS.project.classes
@@ -84,7 +84,7 @@ def test_object_store_is_content_addressed_and_never_overwrites(tmp_path):
 
 
 def test_definitions_import_without_heavy_libraries():
-    code = ("import sys, dc_pipeline.definitions as d; d.defs.resolve_asset_graph(); "
+    code = ("import sys, dc_pipeline.definitions as d; d.defs().resolve_asset_graph(); "
             "heavy = [m for m in ('torch', 'torchvision', 'great_expectations', 'sklearn') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from dc_pipeline.core.corruptions import (
+from dc_pipeline.core.ml.corruptions import (
     CORRUPTIONS,
     FAMILIES,
     SEVERITIES,

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from dagster import AssetKey
 
-from dc_pipeline.cli import simulate_review
-from dc_pipeline.core.cleaning import latest_decisions
+from dc_pipeline.core.data.cleaning import latest_decisions
+from dc_pipeline.ops.review import simulate_review
 
 from .conftest import make_pipeline
 

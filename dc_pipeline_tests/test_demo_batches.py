@@ -2,7 +2,7 @@
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dc_pipeline.core.contracts import load_contracts, normalize_label, parse_timestamp
-from dc_pipeline.core.demo_batches import (
+from dc_pipeline.core.data.contracts import load_contracts, normalize_label, parse_timestamp
+from dc_pipeline.core.data.manifests import canonical_rows, check_schema, is_complete, read_manifest
+from dc_pipeline.demo.batches import (
     DRIFT_KINDS,
     IMAGE_DRIFTS,
     LABEL_SHIFT_CLASSES,
     build_demo_batch,
     write_demo_batch,
 )
-from dc_pipeline.core.demo_data import INITIAL_BATCHES, load_digits_uint8, split_indices, write_demo_landing
-from dc_pipeline.core.manifests import canonical_rows, check_schema, is_complete, read_manifest
+from dc_pipeline.demo.landing import INITIAL_BATCHES, load_digits_uint8, split_indices, write_demo_landing
 
 CONTRACTS = load_contracts(Path(__file__).resolve().parents[1] / "dc_pipeline" / "contracts")
 SOURCES = ("field_app", "partner_api", "legacy_erp")
@@ -61,7 +61,7 @@ def test_each_drift_writes_a_complete_readable_batch_with_the_expected_verdict(t
         label, why = normalize_label(row["label_raw"], CONTRACTS[source], CONTRACTS.project.classes)
         assert why is None and label == LABELS[rec["_digit_index"]]
         ts = parse_timestamp(row["captured_raw"], CONTRACTS[source])
-        assert ts is not None and datetime(2000, 1, 1, tzinfo=timezone.utc) < ts <= datetime.now(timezone.utc)
+        assert ts is not None and datetime(2000, 1, 1, tzinfo=UTC) < ts <= datetime.now(UTC)
         assert decode(source, row["image_value"], batch).shape == (8, 8)
 
 

@@ -16,12 +16,20 @@ import pytest
 from scipy import ndimage, stats
 from sklearn.datasets import load_digits
 
-from dc_pipeline.core import drift
-from dc_pipeline.core.drift import (
-    DriftThresholds, distribution_drift, drift_plots, drift_report, error_drift, feature_drift, holm, mmd_test,
-    prediction_drift, verdict,
+from dc_pipeline.core.data.features import STAT_COLUMNS, image_statistics
+from dc_pipeline.core.monitoring import drift
+from dc_pipeline.core.monitoring.drift import (
+    DriftThresholds,
+    distribution_drift,
+    drift_plots,
+    drift_report,
+    error_drift,
+    feature_drift,
+    holm,
+    mmd_test,
+    prediction_drift,
+    verdict,
 )
-from dc_pipeline.core.features import STAT_COLUMNS, image_statistics
 
 N_REF, N_CUR, N_TEST = 800, 200, 300
 SOURCES = np.array(["field_app", "partner_api", "legacy_erp"])
@@ -133,8 +141,8 @@ def test_mmd_cost_is_bounded_by_the_subsample(monkeypatch):
     rng = np.random.default_rng(1)
     ref, cur = rng.normal(size=(10_000, 64)).astype(np.float32), rng.normal(size=(2_000, 64)).astype(np.float32)
     shapes = []
-    real = drift._pairwise_sq
-    monkeypatch.setattr(drift, "_pairwise_sq", lambda a: shapes.append(a.shape) or real(a))
+    real = drift.statistics._pairwise_sq
+    monkeypatch.setattr(drift.statistics, "_pairwise_sq", lambda a: shapes.append(a.shape) or real(a))
     out = mmd_test(ref, cur, max_ref=1000, max_cur=500, n_permutations=50)
     assert (out["n_ref_used"], out["n_cur_used"]) == (1000, 500)
     assert shapes == [(1500, 64)]  # one pooled kernel matrix, not one per permutation

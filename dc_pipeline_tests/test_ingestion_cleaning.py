@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from dc_pipeline.core.demo_data import FAULTS
+from dc_pipeline.demo.landing import FAULTS
 
 
 def test_every_check_is_green_on_the_demo(demo):

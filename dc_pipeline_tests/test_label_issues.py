@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from dc_pipeline.core.label_issues import (
+from dc_pipeline.core.curation.label_issues import (
     METHODS,
     confident_joint,
     confident_thresholds,

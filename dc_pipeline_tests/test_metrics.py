@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dc_pipeline.core.metrics import (
+from dc_pipeline.core.ml.metrics import (
     NO_AUTOMATION_THRESHOLD,
     automation_rate,
     choose_threshold,

@@ -2,11 +2,11 @@
 
 import json
 
-import duckdb
 from dagster import SkipReason, build_sensor_context
 
-from dc_pipeline.automation import RetrainPolicy, build_landing_sensor, retraining_trigger
-from dc_pipeline.core.demo_batches import write_demo_batch
+from dc_pipeline.defs.automation.sensors import build_landing_sensor, retraining_trigger
+from dc_pipeline.defs.resources import RetrainPolicy
+from dc_pipeline.demo.batches import write_demo_batch
 
 from .conftest import SOURCES
 

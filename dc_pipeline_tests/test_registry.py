@@ -1,17 +1,16 @@
 """The registry and the promotion gate on their own: lineage, sha256 verification, alias history, the gate."""
 
-import duckdb
 import pytest
 import torch
 
-from dc_pipeline.core.registry import GatePolicy, Registry, RegistryError, promotion_decision
+from dc_pipeline.core.ml.registry import GatePolicy, Registry, RegistryError, promotion_decision
+from dc_pipeline.warehouse.connect import connect
 
 
 @pytest.fixture
 def registry(tmp_path):
-    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
-    yield Registry(conn, tmp_path / "artifacts").ensure()
-    conn.close()
+    with connect(tmp_path / "w.duckdb", tmp_path) as conn:  # a migrated warehouse: the registry's tables
+        yield Registry(conn, tmp_path / "artifacts")
 
 
 def weights(seed):
@@ -38,10 +37,10 @@ def test_register_is_content_addressed_and_keeps_lineage(registry):
 
 def test_tampered_weights_are_refused(registry):
     vid, _ = register(registry, 2)
-    path = registry.get(vid)["weights_path"]
-    data = bytearray(open(path, "rb").read())
+    path = registry.root / registry.get(vid)["weights_path"]
+    data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(RegistryError, match="changed on disk"):
         registry.load_weights(vid)
 
@@ -85,3 +84,11 @@ def test_first_model_needs_absolute_bounds():
     assert not bad.passed and "clean error" in bad.verdict
     same = promotion_decision("m", GOOD, "m", GOOD, policy)
     assert same.passed and "already" in same.verdict
+
+
+@pytest.mark.parametrize("stored", ["/etc/passwd", "../outside/weights.safetensors", "artifacts/../../x"])
+def test_weights_outside_the_data_folder_are_refused(registry, stored):
+    vid, _ = register(registry, 5)
+    registry.conn.execute("UPDATE registry.models SET weights_path = ? WHERE version_id = ?", [stored, vid])
+    with pytest.raises(RegistryError, match="data folder"):
+        registry.load_weights(vid)

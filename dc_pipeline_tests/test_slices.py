@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from dc_pipeline.core.features import STAT_COLUMNS
-from dc_pipeline.core.slices import (
+from dc_pipeline.core.curation.slices import (
     MISSING,
     flag_slices,
     holm,
@@ -15,6 +14,7 @@ from dc_pipeline.core.slices import (
     slices_markdown,
     wilson_interval,
 )
+from dc_pipeline.core.data.features import STAT_COLUMNS
 
 
 def _stats(rng, n):
@@ -224,7 +224,7 @@ def test_bad_low_contrast_bucket_gets_augment():
     assert _flagged(flag_slices(table, overall, collect_below=300))[(dim, name)] == "collect more data"
 
     md = slices_markdown(out)
-    table_lines = [l for l in md.splitlines() if l.startswith("| ")]
+    table_lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert table_lines[0].startswith("| dimension | slice |")
     assert table_lines[1].startswith("| contrast | q1 [") and "augment" in table_lines[1]
     assert len(table_lines) == 1 + 30

@@ -11,8 +11,8 @@ import torch
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
-from dc_pipeline.core.models import SmallCNN
-from dc_pipeline.core.training import (
+from dc_pipeline.core.ml.networks import SmallCNN
+from dc_pipeline.core.ml.training import (
     TrainConfig,
     build_model,
     cosine_lr,
@@ -77,7 +77,7 @@ def test_global_torch_settings_are_restored(digits14: tuple[np.ndarray, np.ndarr
 
 
 def test_jsd_objective_decreases_on_a_fixed_batch(digits14: tuple[np.ndarray, np.ndarray]) -> None:
-    from dc_pipeline.core.augmix import AugMix, augmix_views
+    from dc_pipeline.core.ml.augmix import AugMix, augmix_views
 
     images, labels = digits14
     x = torch.from_numpy(images[:32])[:, None]

@@ -9,8 +9,8 @@ from dagster import AssetKey
 from PIL import Image
 
 from dc_pipeline.api import load_model, load_split
-from dc_pipeline.cli import reproduce
-from dc_pipeline.core.registry import RegistryError
+from dc_pipeline.core.ml.registry import RegistryError
+from dc_pipeline.ops.reproduce import reproduce
 
 from .conftest import tiny_run_config
 
@@ -21,7 +21,8 @@ def test_models_are_registered_with_lineage_and_the_first_is_promoted(demo):
     current = demo.sql("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").dataset_hash.item()
     assert (models.dataset_hash == current).all()
     for row in models.itertuples():
-        data = open(row.weights_path, "rb").read()
+        assert row.weights_path == f"artifacts/models/{row.version_id}/weights.safetensors"  # relative
+        data = (demo.data / row.weights_path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row.weights_sha256
         assert row.version_id == f"{row.kind}-{row.weights_sha256[:12]}"
         assert row.code_version and row.dagster_run_id and '"epochs": 6' in row.config
@@ -35,7 +36,7 @@ def test_models_are_registered_with_lineage_and_the_first_is_promoted(demo):
 
 
 def test_evaluation_covers_every_corruption_and_both_models(demo):
-    from dc_pipeline.core.corruptions import CORRUPTIONS
+    from dc_pipeline.core.ml.corruptions import CORRUPTIONS
 
     metrics = demo.sql("SELECT * FROM evaluation.metrics")
     per = metrics[metrics.metric == "error"].groupby("kind").size()
@@ -64,7 +65,7 @@ def test_load_model_predicts_like_training_on_raw_uint8_images(demo):
     for i, img in enumerate(raw):
         by_shape.setdefault(img.shape, []).append(i)
     assert len(by_shape) == 2, "both 8x8 gray and 16x16 RGB images are exercised"
-    for shape, rows in by_shape.items():
+    for rows in by_shape.values():
         probs = model.predict_proba(np.stack([raw[i] for i in rows]))
         assert probs.shape == (len(rows), 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
         np.testing.assert_allclose(probs, model.predict_canonical(x_test[rows]), atol=1e-6)
@@ -105,9 +106,10 @@ def test_load_model_refuses_tampered_weights(pipeline):
     assert pipeline.refresh().success
     record = pipeline.sql("SELECT version_id, weights_path FROM registry.models WHERE kind = 'augmix'").iloc[0]
     assert load_model(record.version_id, data_dir=pipeline.data).version_id == record.version_id
-    data = bytearray(open(record.weights_path, "rb").read())
+    weights = pipeline.data / record.weights_path
+    data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01
-    open(record.weights_path, "wb").write(bytes(data))
+    weights.write_bytes(bytes(data))
     with pytest.raises(RegistryError, match="refusing"):
         load_model("champion", data_dir=pipeline.data)
     with pytest.raises(RegistryError, match="not in the registry"):
@@ -116,7 +118,7 @@ def test_load_model_refuses_tampered_weights(pipeline):
 
 def test_launchpad_training_defaults_match_the_core():
     """The Dagster Config mirrors the core's TrainConfig (kept apart so definitions never import torch)."""
-    from dc_pipeline.core.training import TrainConfig
-    from dc_pipeline.stages.training import TrainingConfig, train_config
+    from dc_pipeline.core.ml.training import TrainConfig
+    from dc_pipeline.defs.training.assets import TrainingConfig, train_config
 
     assert train_config(TrainingConfig(), 10) == TrainConfig()

@@ -1,0 +1,127 @@
+"""Shared names: asset keys, groups, partitions, pools, jobs and warehouse tables.
+
+One name per level: an asset group, its folder under ``dc_pipeline/defs/``, its asset key prefix and its
+warehouse schema are the same word. This module imports nothing from the Dagster shell (``defs``), so the
+core, the warehouse, the shell and the tests all take their names from here.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetKey, DynamicPartitionsDefinition
+
+# -- groups (= key prefix = folder under defs/ = warehouse schema) ---------------------------------------
+RAW = "raw"
+CLEAN = "clean"
+FEATURES = "features"
+AUGMENTATION = "augmentation"
+TRAINING = "training"
+EVALUATION = "evaluation"
+REGISTRY = "registry"
+SCORING = "scoring"
+MONITORING = "monitoring"
+CURATION = "curation"
+GROUPS = (RAW, CLEAN, FEATURES, AUGMENTATION, TRAINING, EVALUATION, REGISTRY, SCORING, MONITORING, CURATION)
+
+# -- pools -------------------------------------------------------------------------------------------------
+DUCKDB_POOL = "duckdb"
+"""Every step that opens the embedded DuckDB file: one writer per file, so they run one at a time."""
+
+
+# -- per-source assets and partitions ----------------------------------------------------------------------
+def raw_key(source: str) -> AssetKey:
+    return AssetKey([RAW, source])
+
+
+def scores_key(source: str) -> AssetKey:
+    return AssetKey([SCORING, source])
+
+
+def drift_key(source: str) -> AssetKey:
+    return AssetKey([MONITORING, f"drift_{source}"])
+
+
+def batches_of(source: str) -> DynamicPartitionsDefinition:
+    """The landing batches of one source (keys are batch ids)."""
+    return DynamicPartitionsDefinition(name=f"{source}_batches")
+
+
+# -- assets ------------------------------------------------------------------------------------------------
+IMAGES = AssetKey([CLEAN, "images"])
+QUARANTINE = AssetKey([CLEAN, "quarantine"])
+LINEAGE = AssetKey([CLEAN, "lineage"])
+DECISIONS = AssetKey([CLEAN, "review_decisions"])
+DATASET_VERSION = AssetKey([FEATURES, "dataset_version"])
+IMAGE_STATS = AssetKey([FEATURES, "image_stats"])
+AUGMENTED_SAMPLES = AssetKey([AUGMENTATION, "augmented_samples"])
+BASELINE_MODEL = AssetKey([TRAINING, "baseline_model"])
+AUGMIX_MODEL = AssetKey([TRAINING, "augmix_model"])
+CORRUPTED_TEST = AssetKey([EVALUATION, "corrupted_test_set"])
+MODEL_EVALUATION = AssetKey([EVALUATION, "model_evaluation"])
+CHAMPION = AssetKey([REGISTRY, "champion"])
+OVERVIEW = AssetKey([MONITORING, "overview"])
+LABEL_ISSUES = AssetKey([CURATION, "label_issues"])
+SLICE_ANALYSIS = AssetKey([CURATION, "slice_analysis"])
+
+# -- jobs --------------------------------------------------------------------------------------------------
+RETRAIN_JOB = "retrain"
+REFRESH_JOB = "refresh_downstream"
+SWEEP_JOB = "monitoring_sweep"
+DATA_GROUPS = (CLEAN, FEATURES)
+MODEL_GROUPS = (AUGMENTATION, TRAINING, EVALUATION, REGISTRY)
+
+
+def ingest_job_name(source: str) -> str:
+    return f"ingest_{source}"
+
+
+# -- sensors and schedules ---------------------------------------------------------------------------------
+LANDING_SENSOR = "landing_zone_sensor"
+RETRAINING_TRIGGER = "retraining_trigger"
+FAILURE_ALERTS = "run_failure_alerts"
+NIGHTLY_SWEEP = "nightly_monitoring_sweep"
+WEEKLY_RETRAIN = "weekly_full_retrain"
+
+
+# -- warehouse tables (schema.table); each is declared, with its owner, in dc_pipeline.warehouse.tables ----
+class T:
+    """Warehouse table names."""
+
+    SCHEMA_HISTORY = "raw.schema_history"
+    BATCH_GATE = "raw.batch_gate"
+    CLEAN_IMAGES = "clean.images"
+    QUARANTINE = "clean.quarantine"
+    LINEAGE = "clean.lineage"
+    REVIEW_DECISIONS = "clean.review_decisions"
+    DATASET_VERSIONS = "features.dataset_versions"
+    DATASET_MEMBERS = "features.dataset_members"
+    DATASET_INDEX = "features.dataset_index"
+    CURATION_LINEAGE = "features.curation_lineage"
+    IMAGE_STATS = "features.image_stats"
+    CURRENT_MODELS = "training.current_models"
+    EVALUATION_METRICS = "evaluation.metrics"
+    MODELS = "registry.models"
+    ALIASES = "registry.aliases"
+    ALIAS_HISTORY = "registry.alias_history"
+    GATE_DECISIONS = "registry.gate_decisions"
+    PREDICTIONS = "scoring.predictions"
+    BATCH_SUMMARY = "scoring.batch_summary"
+    DRIFT_HISTORY = "monitoring.drift_history"
+    DRIFT_VERDICTS = "monitoring.drift_verdicts"
+    REVIEW_QUEUE = "curation.review_queue"
+    SLICES = "curation.slices"
+    RUN_FAILURES = "main.run_failures"  # in the alerts file, not the warehouse
+
+
+def raw_table(source: str) -> str:
+    return f"{RAW}.{source}"
+
+
+def contract_sources(contracts_dir=None) -> list[str]:
+    """Source names, one per contract file in ``contracts_dir`` (default: the settings')."""
+    from dc_pipeline.core.data.contracts import source_kinds
+
+    if contracts_dir is None:
+        from dc_pipeline.settings import get_settings
+
+        contracts_dir = get_settings().contracts_dir
+    return sorted(source_kinds(contracts_dir))

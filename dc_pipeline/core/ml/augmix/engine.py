@@ -1,0 +1,691 @@
+"""Batched AugMix (Hendrycks et al., ICLR 2020) in pure PyTorch.
+
+Every image of a batch gets its own ops, magnitudes, chain depths and mixing
+weights, as in the reference code (google-research/augmix), but the work is done
+for the whole batch at once. All ``width`` chains of all images are stacked;
+each chain step sorts them by op (one sort for all steps) and runs
+
+* the geometric ops (rotate, shear, translate) with per-image affine matrices:
+  one bilinear ``grid_sample`` for rotate and shear, one nearest ``grid_sample``
+  for the integer translations (where PIL's bilinear filter lands on pixel
+  centres, so nearest gives the same values, three times cheaper);
+* autocontrast and equalize as per-image lookup tables built from per-image
+  min/max and histograms (``scatter_add_``), applied with one ``gather``;
+* posterize and solarize as exact float arithmetic on the 8-bit levels;
+* color, contrast, brightness and sharpness (``all_ops=True``) as blends.
+
+Images are float tensors ``[B, C, H, W]`` in [0, 1], C = 1 or 3. Each op follows
+PIL as the reference calls it:
+
+* the 8-bit ops quantise their input to ``round(255 x)`` and are bit-exact with
+  ``PIL.ImageOps`` (per channel for RGB);
+* geometric ops use ``Image.transform`` / ``Image.rotate`` conventions (pixel
+  centres at ``i + 0.5``, rotation about the image centre, counter-clockwise
+  for positive degrees), bilinear with edge clamping inside the image and 0
+  (black) outside; the result stays float where PIL truncates it to uint8;
+* enhance ops blend with PIL's degenerate images (grayscale 0.299/0.587/0.114,
+  the rounded mean gray, black, the 3x3 SMOOTH filter with untouched border)
+  in float, clamped; color is the identity for one channel.
+
+Randomness comes only from the ``torch.Generator`` given (or the default one).
+Dirichlet and Beta weights are normalised Gamma variates, drawn from the
+generator by Marsaglia-Tsang rejection (``-log U`` for alpha = 1), because
+``torch._standard_gamma`` and ``torch.distributions`` take no generator.
+
+Large scratch tensors are kept between calls, one set per ``AugMix`` instance and
+thread: fresh multi-megabyte allocations fault their pages in again on every
+batch, which cost about half of the CPU time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ALL_OPS",
+    "OPS",
+    "AugMix",
+    "AugMixParams",
+    "apply_op",
+    "augmix_views",
+    "jsd_loss",
+    "sample_dirichlet",
+    "sample_gamma",
+]
+
+OPS: tuple[str, ...] = (
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "rotate",
+    "solarize",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
+"""The nine ops of the paper (reference ``augmentations.augmentations``)."""
+
+ALL_OPS: tuple[str, ...] = OPS + ("color", "contrast", "brightness", "sharpness")
+"""``OPS`` plus the four ops that overlap ImageNet-C (reference ``--all-ops``)."""
+
+# Internal op keys, grouped so that one sort of the keys puts the images of each
+# group (identity, lookup-table ops, geometric ops, enhance ops) next to each other.
+_ORDER: tuple[str, ...] = (
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "solarize",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+)
+_KEY: dict[str, int] = {name: i + 1 for i, name in enumerate(_ORDER)}  # 0 = identity
+_N_KEYS = len(_ORDER) + 1
+_LUT_KEYS = range(_KEY["autocontrast"], _KEY["solarize"] + 1)
+_GEO_KEYS = range(_KEY["rotate"], _KEY["translate_y"] + 1)
+_ENH_KEYS = range(_KEY["color"], _KEY["sharpness"] + 1)
+
+_GRAY = (0.299, 0.587, 0.114)  # PIL's ITU-R 601-2 luma weights (convert("L"))
+
+
+# --------------------------------------------------------------------------- random
+
+
+def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.rand(tuple(shape), generator=generator, device=device, dtype=torch.float64)
+
+
+def sample_gamma(
+    concentration: float,
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Gamma(concentration, 1) variates (float64) drawn only from ``generator``.
+
+    Marsaglia & Tsang (2000) rejection sampling, vectorised: each round redraws
+    the still-rejected entries (acceptance is above 95 %). For a concentration
+    below 1 it uses ``Gamma(a) = Gamma(a + 1) * U ** (1 / a)``; Gamma(1) is the
+    exponential distribution, drawn directly as ``-log(1 - U)``.
+    """
+    if concentration <= 0:
+        raise ValueError(f"concentration must be > 0, got {concentration}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    n = math.prod(shape)
+    if concentration == 1.0:
+        return -torch.log1p(-_rand(shape, generator, device))
+    a = concentration + 1.0 if concentration < 1.0 else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    pending = torch.arange(n, device=device)
+    while pending.numel() > 0:
+        k = pending.numel()
+        z = torch.randn(k, generator=generator, device=device, dtype=torch.float64)
+        u = _rand((k,), generator, device)
+        v = (1.0 + c * z) ** 3
+        safe_v = torch.where(v > 0, v, torch.ones_like(v))
+        accept = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * safe_v + d * torch.log(safe_v))
+        out[pending[accept]] = d * v[accept]
+        pending = pending[~accept]
+    if concentration < 1.0:
+        out = out * _rand((n,), generator, device) ** (1.0 / concentration)
+    return out.view(tuple(shape))
+
+
+def sample_dirichlet(
+    alpha: float,
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Symmetric Dirichlet(alpha) vectors along the last dim of ``shape`` (float64)."""
+    g = sample_gamma(alpha, shape, generator, device)
+    return g / g.sum(dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------- op parameters
+# Magnitudes follow the reference: int_parameter(level, maxval) = int(level * maxval / 10),
+# float_parameter(level, maxval) = level * maxval / 10. They are computed in float64 on
+# the small per-image parameter vectors so that the integer cut-offs match Python's.
+
+
+def _int_parameter(level: Tensor, maxval: float) -> Tensor:
+    return torch.floor(level * maxval / 10.0)
+
+
+def _float_parameter(level: Tensor, maxval: float) -> Tensor:
+    return level * maxval / 10.0
+
+
+@dataclass(frozen=True)
+class _OpTables:
+    """Per-application op parameters, flattened over (chain step, chain image)."""
+
+    keys: Tensor  # [S] long, 0 = identity
+    theta: Tensor  # [S, 2, 3] grid_sample(align_corners=False) affine matrices
+    step: Tensor  # [S] posterize quantisation step 2 ** (8 - bits)
+    threshold: Tensor  # [S] solarize inverts values >= threshold
+    factor: Tensor  # [S] enhance blend factor
+
+
+def _op_tables(keys: Tensor, level: Tensor, sign: Tensor, height: int, width: int, dtype: torch.dtype) -> _OpTables:
+    """Turn keys, levels (float64) and signs into the parameters every op needs."""
+    level = level.double()
+    sign = sign.double()
+    zero = torch.zeros_like(level)
+    # PIL Image.AFFINE data (a, b, c, d, e, f): output pixel (x, y) samples input
+    # (a x + b y + c, d x + e y + f), pixel centres at i + 0.5.
+    is_rot = keys == _KEY["rotate"]
+    angle = -torch.deg2rad(_int_parameter(level, 30.0) * sign)  # PIL rotates counter-clockwise
+    cos = torch.where(is_rot, torch.cos(angle), 1.0)
+    sin = torch.where(is_rot, torch.sin(angle), 0.0)
+    cx, cy = width / 2.0, height / 2.0
+    shear = _float_parameter(level, 0.3) * sign
+    tx = _int_parameter(level, width / 3.0) * sign
+    ty = _int_parameter(level, height / 3.0) * sign
+    a, e = cos, cos
+    b = torch.where(keys == _KEY["shear_x"], shear, sin)
+    d = torch.where(keys == _KEY["shear_y"], shear, -sin)
+    c = torch.where(is_rot, -cos * cx - sin * cy + cx, torch.where(keys == _KEY["translate_x"], tx, zero))
+    f = torch.where(is_rot, sin * cx - cos * cy + cy, torch.where(keys == _KEY["translate_y"], ty, zero))
+    # Same map in grid_sample's normalised coords g = 2 p / size - 1.
+    r_hw, r_wh = height / width, width / height
+    theta = torch.stack(
+        [
+            a,
+            b * r_hw,
+            a + b * r_hw + 2.0 * c / width - 1.0,
+            d * r_wh,
+            e,
+            d * r_wh + e + 2.0 * f / height - 1.0,
+        ],
+        dim=-1,
+    ).view(-1, 2, 3)
+    bits = (4.0 - _int_parameter(level, 4.0)).clamp(0, 8)
+    threshold = (256.0 - _int_parameter(level, 256.0)).clamp(0, 256)
+    factor = _float_parameter(level, 1.8) + 0.1
+    return _OpTables(
+        keys=keys,
+        theta=theta.to(dtype),
+        step=torch.pow(2.0, 8.0 - bits).to(dtype),
+        threshold=threshold.to(dtype),
+        factor=factor.to(dtype),
+    )
+
+
+# --------------------------------------------------------------------------- op groups
+# Inside the engine images are scaled to [0, 255], so the 8-bit ops only need to round.
+
+_COORDS: dict[tuple[object, ...], Tensor] = {}
+
+
+def _pixel_centres(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Normalised coordinates ``(2 i + 1) / size - 1`` of the pixel centres along one axis."""
+    key = ("centres", size, dtype, device)
+    if key not in _COORDS:
+        _COORDS[key] = ((torch.arange(size, dtype=torch.float64) * 2 + 1) / size - 1).to(dtype=dtype, device=device)
+    return _COORDS[key]
+
+
+def _flat_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[2, H * W]``: normalised x and y of the pixel centres of a flattened image."""
+    key = ("flat", height, width, dtype, device)
+    if key not in _COORDS:
+        gy, gx = torch.meshgrid(
+            _pixel_centres(height, torch.float64, torch.device("cpu")),
+            _pixel_centres(width, torch.float64, torch.device("cpu")),
+            indexing="ij",
+        )
+        _COORDS[key] = torch.stack([gx.reshape(-1), gy.reshape(-1)]).to(dtype=dtype, device=device)
+    return _COORDS[key]
+
+
+class _Workspace:
+    """Named scratch buffers, reused from batch to batch (grown when too small)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[name] = buf
+        return buf[:numel].view(shape)
+
+
+def _geometric(xs: Tensor, theta: Tensor, n_bilinear: int, out: Tensor, ws: _Workspace) -> None:
+    """Per-image affine warps of a block (``theta`` in grid_sample coordinates), written to ``out``.
+
+    The first ``n_bilinear`` images (rotate, shear) take one bilinear ``grid_sample``
+    with border clamping, then a mask zeroes every pixel whose source lies outside
+    the image, as PIL does. The rest are integer translations: there PIL's bilinear
+    filter samples exact pixel centres, so one nearest ``grid_sample`` with zero
+    padding gives the same values at a third of the cost, with no mask.
+    """
+    n, c, h, w = xs.shape
+    dtype, dev = xs.dtype, xs.device
+    planes = ws.take("planes", (n, 2, h, w), dtype, dev)  # source x and y of every output pixel
+    if w % 16 == 0:  # vector-aligned rows: broadcast sum of an [n, 2, 1, W] and an [n, 2, H, 1] term
+        t = theta.unsqueeze(-1).unsqueeze(-1)
+        gx = _pixel_centres(w, dtype, dev).view(1, 1, 1, w)
+        gy = _pixel_centres(h, dtype, dev).view(1, 1, h, 1)
+        torch.add(t[:, :, 0] * gx + t[:, :, 2], t[:, :, 1] * gy, out=planes)
+    else:  # otherwise over flattened images: t0 x + t2 + t1 y
+        gx, gy = _flat_grid(h, w, dtype, dev)
+        flat = planes.view(n, 2, h * w)
+        torch.mul(theta[:, :, 0:1], gx, out=flat).add_(theta[:, :, 2:3]).addcmul_(theta[:, :, 1:2], gy)
+    grid = planes.permute(0, 2, 3, 1)
+    # aten.grid_sampler_2d(input, grid, interpolation, padding, align_corners), the op behind
+    # F.grid_sample, with an out= variant: interpolation 0 bilinear / 1 nearest, padding 0 zeros / 1 border.
+    if n_bilinear < n:
+        torch.ops.aten.grid_sampler_2d.out(xs[n_bilinear:], grid[n_bilinear:], 1, 0, False, out=out[n_bilinear:])
+    if n_bilinear == 0:
+        return
+    k = n_bilinear
+    warped = ws.take("warped", (k, c, h, w), dtype, dev)
+    torch.ops.aten.grid_sampler_2d.out(xs[:k], grid[:k], 0, 1, False, out=warped)
+    # PIL samples with clamped neighbours inside [0, size) and fills 0 outside.
+    absolute = planes[:k].abs_()
+    inside = torch.maximum(absolute[:, 0], absolute[:, 1], out=ws.take("inside", (k, h, w), dtype, dev)).lt_(1.0)
+    torch.mul(warped, inside.unsqueeze(1), out=out[:k])
+
+
+def _lut_autocontrast(xs: Tensor, ramp: Tensor) -> Tensor:
+    """PIL ``ImageOps.autocontrast`` tables from the quantised images ``[n, C, HW]``."""
+    lo = xs.amin(dim=-1, keepdim=True).double()
+    hi = xs.amax(dim=-1, keepdim=True).double()
+    # tensor / tensor: ``255.0 / t`` is computed as ``255.0 * (1 / t)`` and can miss PIL's LUT by one
+    scale = torch.full_like(lo, 255.0) / (hi - lo).clamp(min=1.0)
+    lut = torch.floor(ramp.double() * scale - lo * scale).clamp_(0.0, 255.0)
+    return torch.where(hi > lo, lut, ramp.double())
+
+
+def _lut_equalize(q: Tensor, top: Tensor, ramp: Tensor) -> Tensor:
+    """PIL ``ImageOps.equalize`` tables from the quantised images ``q`` ``[n, C, HW]`` (long).
+
+    The integer divisions of PIL are ``floor`` of float divisions: all values are small
+    integers, so the quotients are exact or at least ``1 / divisor`` from the next integer.
+    """
+    n, c, hw = q.shape
+    hist = torch.zeros(n, c, 256, dtype=ramp.dtype, device=q.device)
+    hist.scatter_add_(2, q, torch.ones(1, 1, 1, dtype=ramp.dtype, device=q.device).expand(n, c, hw))
+    step = ((hw - hist.gather(2, top.long())) / 255.0).floor_()  # (pixels - pixels at the top) // 255
+    below = hist.cumsum(dim=2).sub_(hist)
+    lut = below.add_((step / 2.0).floor_()).div_(step.clamp(min=1.0)).floor_().clamp_(max=255.0)
+    return torch.where(step > 0, lut, ramp)
+
+
+def _eight_bit(
+    xs: Tensor, spans: list[tuple[int, int, int]], step: Tensor, threshold: Tensor, out: Tensor, ws: _Workspace
+) -> None:
+    """The 8-bit ops of a block on ``round(xs)`` (``xs`` is scratch, rounded in place).
+
+    Autocontrast and equalize build per-image lookup tables from min/max and histograms
+    and apply them with one ``gather``; posterize and solarize are exact float arithmetic
+    on the integer levels (cheaper than the int64 indices a ``gather`` needs).
+    """
+    n, c, h, w = xs.shape
+    dtype, dev = xs.dtype, xs.device
+    xq = torch.round(xs, out=xs)
+    flat_q, flat_out = xq.view(n, c, h * w), out.view(n, c, h * w)
+    n_lut = 0
+    for key, s, e in spans:
+        if key == _KEY["posterize"]:  # PIL: v & ~(step - 1) = floor(v / step) * step
+            st = step[s:e].view(-1, 1, 1, 1)
+            torch.mul(xq[s:e], 1.0 / st, out=out[s:e]).floor_().mul_(st)
+        elif key == _KEY["solarize"]:  # PIL: v if v < threshold else 255 - v, as v + [v >= t] (255 - 2 v)
+            at_or_above = torch.sub(xq[s:e], threshold[s:e].view(-1, 1, 1, 1) - 1.0, out=out[s:e]).clamp_(0.0, 1.0)
+            flipped = torch.mul(xq[s:e], -2.0, out=ws.take("flipped", (e - s, c, h, w), dtype, dev)).add_(255.0)
+            torch.addcmul(xq[s:e], at_or_above, flipped, out=out[s:e])
+        else:
+            n_lut = e
+    if n_lut == 0:
+        return
+    q = ws.take("q", (n_lut, c, h * w), torch.long, dev)
+    q.copy_(flat_q[:n_lut])
+    ramp = torch.arange(256, dtype=dtype, device=dev)
+    luts = ws.take("luts", (n_lut, c, 256), dtype, dev)
+    for key, s, e in spans:
+        if key == _KEY["autocontrast"]:
+            luts[s:e] = _lut_autocontrast(flat_q[s:e], ramp)
+        elif key == _KEY["equalize"]:
+            luts[s:e] = _lut_equalize(q[s:e], flat_q[s:e].amax(dim=-1, keepdim=True), ramp)
+    torch.gather(luts, 2, q, out=flat_out[:n_lut])
+
+
+def _blend(degenerate: Tensor, xs: Tensor, factor: Tensor) -> Tensor:
+    """PIL ``Image.blend(degenerate, image, factor)`` in float, clamped to [0, 255]."""
+    return torch.lerp(degenerate.expand_as(xs), xs, factor.view(-1, 1, 1, 1)).clamp_(0.0, 255.0)
+
+
+def _grayscale(xs: Tensor) -> Tensor:
+    if xs.shape[1] == 1:
+        return xs
+    r, g, b = xs.unbind(dim=1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _enhance(key: int, xs: Tensor, factor: Tensor) -> Tensor:
+    """One enhance op (color, contrast, brightness, sharpness) on a block."""
+    if key == _KEY["color"]:
+        return xs if xs.shape[1] == 1 else _blend(_grayscale(xs), xs, factor)
+    if key == _KEY["contrast"]:
+        mean = torch.floor(_grayscale(xs).mean(dim=(1, 2, 3), keepdim=True) + 0.5)  # PIL: int(mean + 0.5)
+        return _blend(mean, xs, factor)
+    if key == _KEY["brightness"]:
+        return (xs * factor.view(-1, 1, 1, 1)).clamp_(0.0, 255.0)
+    n, c, h, w = xs.shape  # sharpness: PIL's SMOOTH filter, border pixels unchanged
+    if h < 3 or w < 3:
+        return xs
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=xs.dtype, device=xs.device)
+    smooth = F.conv2d(xs.reshape(n * c, 1, h, w), (kernel / 13.0).view(1, 1, 3, 3))
+    degenerate = xs.clone()
+    degenerate[:, :, 1:-1, 1:-1] = smooth.view(n, c, h - 2, w - 2)
+    return _blend(degenerate, xs, factor)
+
+
+def _run_chains(
+    clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, ws: _Workspace
+) -> tuple[Tensor, Tensor]:
+    """Run ``n = start.numel()`` chains of ``n_steps`` steps; chain ``j`` starts from image ``start[j]``.
+
+    ``clean`` is ``[B, C, H, W]`` in [0, 1] (clamped); ``tables`` is flattened over (step, chain).
+    Returns ``(rows, loc)``: ``rows`` ``[B + n_steps * n, C, H, W]`` in 0..255 holds the
+    clean images and then one section per step, and ``loc[j]`` is the row holding the
+    end of chain ``j``. ``rows`` lives in ``ws``.
+
+    Every step sorts its chains by op (one sort for all steps) and writes each op
+    group into a contiguous slice of its own section, so a step only gathers its
+    inputs (``index_select``); finished chains are never copied.
+    """
+    b, n = clean.shape[0], start.numel()
+    dtype, dev = clean.dtype, clean.device
+    step_of = torch.arange(n_steps, device=dev).repeat_interleave(n)
+    composite = tables.keys + _N_KEYS * step_of
+    counts = torch.bincount(composite, minlength=_N_KEYS * n_steps).tolist()
+    order = torch.argsort(composite, stable=True)
+    theta, step, threshold, factor = (
+        t.index_select(0, order) for t in (tables.theta, tables.step, tables.threshold, tables.factor)
+    )
+    chain = order - step_of * n  # chain handled at each sorted position
+    starts = [0]
+    for cnt in counts:
+        starts.append(starts[-1] + cnt)
+    rows = ws.take("rows", (b + n_steps * n,) + tuple(clean.shape[1:]), dtype, dev)
+    torch.mul(clean, 255.0, out=rows[:b]).clamp_(0.0, 255.0)
+    loc = start.clone()
+    for d in range(n_steps):
+        base = d * _N_KEYS
+        first = starts[base + 1]  # first active sorted position of step d
+        last = starts[base + _N_KEYS]
+        if last == first:
+            continue
+        active = chain[first:last]
+        src = loc.index_select(0, active)
+        offset = b + d * n - first  # sorted position p -> row p + offset
+        for group in (_LUT_KEYS, _GEO_KEYS, _ENH_KEYS):
+            lo, hi = starts[base + group.start], starts[base + group.stop]
+            if hi == lo:
+                continue
+            xs = ws.take("xs", (hi - lo,) + tuple(clean.shape[1:]), dtype, dev)
+            torch.index_select(rows, 0, src[lo - first : hi - first], out=xs)
+            out = rows[lo + offset : hi + offset]
+            if group is _GEO_KEYS:
+                _geometric(xs, theta[lo:hi], starts[base + _KEY["translate_x"]] - lo, out, ws)
+                continue
+            spans = [(k, starts[base + k] - lo, starts[base + k + 1] - lo) for k in group if counts[base + k]]
+            if group is _LUT_KEYS:
+                _eight_bit(xs, spans, step[lo:hi], threshold[lo:hi], out, ws)
+            else:
+                for k, s, e in spans:
+                    out[s:e] = _enhance(k, xs[s:e], factor[lo + s : lo + e])
+        loc.index_copy_(0, active, torch.arange(first + offset, last + offset, device=dev))
+    return rows, loc
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_images(x: Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected a [B, C, H, W] tensor with C in (1, 3), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating point tensor in [0, 1], got {x.dtype}")
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def apply_op(
+    x: Tensor,
+    name: str,
+    level: Tensor | float,
+    sign: Tensor | float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Apply the op ``name`` to every image of ``x`` with per-image ``level`` ``[B]``.
+
+    ``level`` is the reference's severity level in [0.1, severity] (a float or a
+    ``[B]`` tensor); ``sign`` (+1/-1 per image) sets the direction of rotate, shear
+    and translate and is drawn from ``generator`` (1/2 each) when not given.
+    Uses the same code path as ``AugMix``.
+    """
+    _check_images(x)
+    if name not in _KEY:
+        raise ValueError(f"unknown op {name!r}; expected one of {ALL_OPS}")
+    b, _, h, w = x.shape
+    dtype = _work_dtype(x)
+    level_t = torch.as_tensor(level, dtype=torch.float64).to(x.device).expand(b)
+    if sign is None:
+        rng_device = generator.device if generator is not None else x.device
+        sign_t = torch.where(_rand((b,), generator, rng_device) < 0.5, -1.0, 1.0).to(x.device)
+    else:
+        sign_t = torch.as_tensor(sign, dtype=torch.float64).to(x.device).expand(b)
+    keys = torch.full((b,), _KEY[name], dtype=torch.long, device=x.device)
+    start = torch.arange(b, device=x.device)
+    tables = _op_tables(keys, level_t, sign_t, h, w, dtype)
+    rows, loc = _run_chains(x.to(dtype), start, tables, 1, _Workspace())
+    return rows.index_select(0, loc).div_(255.0).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class AugMixParams:
+    """Everything AugMix draws for one batch of ``B`` images.
+
+    ``ops[d, i, b]`` indexes ``AugMix.ops`` for step ``d`` of chain ``i`` of
+    image ``b`` (with its ``levels`` and ``signs``); steps ``d >= depths[i, b]``
+    are skipped. ``weights[b]`` are the Dirichlet chain weights and ``m[b]`` the
+    Beta skip weight: ``out = (1 - m) x + m sum_i weights[i] chain_i(x)``.
+    """
+
+    ops: Tensor  # [max_depth, width, B] long
+    levels: Tensor  # [max_depth, width, B] float64 in [0.1, severity]
+    signs: Tensor  # [max_depth, width, B] float64, +1 or -1
+    depths: Tensor  # [width, B] long in 1..max_depth
+    weights: Tensor  # [B, width] float64, rows on the simplex
+    m: Tensor  # [B] float64 in [0, 1]
+
+
+class AugMix:
+    """Batched AugMix: ``AugMix()(x, generator)`` on ``[B, C, H, W]`` floats in [0, 1].
+
+    Defaults are the paper's (severity 3, width 3, depth -1 = uniform in 1..3,
+    alpha 1, the nine ``OPS``). ``all_ops=True`` adds color, contrast,
+    brightness and sharpness; ``ops=`` forces an explicit op set.
+    """
+
+    def __init__(
+        self,
+        severity: float = 3,
+        width: int = 3,
+        depth: int = -1,
+        alpha: float = 1.0,
+        all_ops: bool = False,
+        ops: Sequence[str] | None = None,
+    ) -> None:
+        if not 0.1 <= severity <= 10:
+            raise ValueError(f"severity must be in [0.1, 10], got {severity}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        if depth == 0 or depth < -1:
+            raise ValueError(f"depth must be -1 (uniform in 1..3) or >= 1, got {depth}")
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        chosen = tuple(ops) if ops is not None else (ALL_OPS if all_ops else OPS)
+        if not chosen or any(o not in _KEY for o in chosen):
+            raise ValueError(f"ops must be a non-empty subset of {ALL_OPS}, got {chosen}")
+        self.severity = float(severity)
+        self.width = int(width)
+        self.depth = int(depth)
+        self.alpha = float(alpha)
+        self.ops: tuple[str, ...] = chosen
+        self.max_depth = 3 if self.depth == -1 else self.depth
+        self._keys = torch.tensor([_KEY[o] for o in chosen], dtype=torch.long)
+        self._local = threading.local()
+
+    def _workspace(self) -> _Workspace:
+        """This thread's scratch buffers (an instance may be shared by threads)."""
+        ws = getattr(self._local, "workspace", None)
+        if ws is None:
+            ws = self._local.workspace = _Workspace()
+        return ws
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_local"]  # scratch buffers are neither picklable nor worth copying
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return (
+            f"AugMix(severity={self.severity:g}, width={self.width}, depth={self.depth}, "
+            f"alpha={self.alpha:g}, ops={self.ops})"
+        )
+
+    def sample_params(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> AugMixParams:
+        """Draw ops, levels, signs, depths and weights for ``batch_size`` images.
+
+        All draws come from ``generator`` (on its device; without one from the
+        default generator of ``device``) and are returned on ``device``.
+        """
+        out_device = torch.device(device) if device is not None else torch.device("cpu")
+        rng_device = generator.device if generator is not None else out_device
+        shape = (self.max_depth, self.width, batch_size)
+        if self.depth == -1:
+            depths = torch.randint(1, 4, (self.width, batch_size), generator=generator, device=rng_device)
+        else:
+            depths = torch.full((self.width, batch_size), self.depth, dtype=torch.long, device=rng_device)
+        ops = torch.randint(0, len(self.ops), shape, generator=generator, device=rng_device)
+        levels = 0.1 + (self.severity - 0.1) * _rand(shape, generator, rng_device)
+        signs = torch.where(_rand(shape, generator, rng_device) < 0.5, -1.0, 1.0).double()
+        # Dirichlet chain weights and Beta(alpha, alpha) skip weight from one Gamma draw.
+        g = sample_gamma(self.alpha, (batch_size, self.width + 2), generator, rng_device)
+        weights = g[:, : self.width] / g[:, : self.width].sum(dim=1, keepdim=True)
+        m = g[:, -2] / (g[:, -2] + g[:, -1])
+        params = (ops, levels, signs, depths, weights, m)
+        if out_device != rng_device:
+            params = tuple(t.to(out_device) for t in params)
+        return AugMixParams(*params)
+
+    def apply(self, x: Tensor, params: AugMixParams) -> Tensor:
+        """Deterministically augment and mix ``x`` with drawn ``params``."""
+        _check_images(x)
+        b, c, h, w = x.shape
+        k, depth = self.width, self.max_depth
+        if params.ops.shape != (depth, k, b) or params.weights.shape != (b, k):
+            raise ValueError(
+                f"params drawn for ops {tuple(params.ops.shape)}, weights {tuple(params.weights.shape)}; "
+                f"this AugMix and batch need ops {(depth, k, b)}, weights {(b, k)}"
+            )
+        dtype, dev = _work_dtype(x), x.device
+        # Applications in (step, image, chain) order; chain j = b * k + i starts from image b.
+        start = torch.arange(b, device=dev).repeat_interleave(k)
+        ops = params.ops.to(dev).permute(0, 2, 1).reshape(depth, b * k)
+        active = params.depths.to(dev).t().reshape(1, b * k) > torch.arange(depth, device=dev).unsqueeze(1)
+        keys = torch.where(active, self._keys.to(dev)[ops], 0).view(-1)
+        levels = params.levels.to(dev).permute(0, 2, 1).reshape(-1)
+        signs = params.signs.to(dev).permute(0, 2, 1).reshape(-1)
+        tables = _op_tables(keys, levels, signs, h, w, dtype)
+        rows, loc = _run_chains(x.to(dtype), start, tables, depth, self._workspace())
+        # out = (1 - m) x + m sum_i w_i chain_i: a weighted gather-sum of k + 1 rows per image.
+        picks = torch.cat([torch.arange(b, device=dev).unsqueeze(1), loc.view(b, k)], dim=1)
+        m = params.m.to(dev).unsqueeze(1)
+        coef = torch.cat([1.0 - m, m * params.weights.to(dev)], dim=1).div_(255.0).to(dtype)
+        out = F.embedding_bag(picks, rows.view(rows.shape[0], -1), per_sample_weights=coef, mode="sum")
+        return out.view(b, c, h, w).clamp_(0.0, 1.0).to(x.dtype)
+
+    @overload
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = ..., return_params: Literal[False] = ...
+    ) -> Tensor: ...
+
+    @overload
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None, return_params: Literal[True]
+    ) -> tuple[Tensor, AugMixParams]: ...
+
+    @overload
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = ..., *, return_params: Literal[True]
+    ) -> tuple[Tensor, AugMixParams]: ...
+
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        return_params: bool = False,
+    ) -> Tensor | tuple[Tensor, AugMixParams]:
+        """Augment ``x`` ``[B, C, H, W]``; with ``return_params`` also return the draws."""
+        _check_images(x)
+        params = self.sample_params(x.shape[0], generator, x.device)
+        out = self.apply(x, params)
+        return (out, params) if return_params else out
+
+
+def jsd_loss(logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor) -> Tensor:
+    """Jensen-Shannon consistency term of the reference ``cifar.py`` (unweighted)."""
+    p_clean = F.softmax(logits_clean, dim=1)
+    p_aug1 = F.softmax(logits_aug1, dim=1)
+    p_aug2 = F.softmax(logits_aug2, dim=1)
+    p_mixture = torch.clamp((p_clean + p_aug1 + p_aug2) / 3.0, 1e-7, 1).log()
+    return (
+        F.kl_div(p_mixture, p_clean, reduction="batchmean")
+        + F.kl_div(p_mixture, p_aug1, reduction="batchmean")
+        + F.kl_div(p_mixture, p_aug2, reduction="batchmean")
+    ) / 3.0
+
+
+def augmix_views(
+    x: Tensor, augmix: AugMix, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The JSD training triple ``(x, augmix(x), augmix(x))`` (two independent draws)."""
+    return x, augmix(x, generator=generator), augmix(x, generator=generator)

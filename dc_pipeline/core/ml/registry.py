@@ -1,0 +1,199 @@
+"""The model registry: versions with lineage, weights verified by sha256, aliases with history, the gate.
+
+Tables live in the warehouse schema ``registry`` (declared in ``dc_pipeline.warehouse.tables``); weights in
+``<artifacts>/models/<version_id>/``, recorded relative to the data folder (the artifacts folder's parent). A
+version id is ``<kind>-<first 12 hex of the weights sha256>``: retraining the same code on the same
+dataset with the same config and seed gives the same weights, hence the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dc_pipeline.core.paths import PathOutsideDataFolder, stored_file, to_relative
+
+ALIASES = ("champion", "challenger")
+
+
+class RegistryError(LookupError):
+    """Unknown version or alias, or weights that no longer match the registry."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def serialize_weights(state_dict: dict) -> bytes:
+    """safetensors bytes of a state dict (never a pickle)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().cpu() for k, v in sorted(state_dict.items())})
+
+
+def deserialize_weights(data: bytes) -> dict:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+class Registry:
+    """Registry operations over an open DuckDB connection and the artifact folder."""
+
+    def __init__(self, conn, artifacts: str | Path):
+        self.conn = conn
+        self.artifacts = Path(artifacts)
+        self.root = self.artifacts.parent  # the data folder stored paths are relative to
+
+    def ensure(self) -> Registry:
+        """The tables exist once the warehouse is migrated; kept so callers read as before."""
+        return self
+
+    # -- versions ------------------------------------------------------------------------------
+    def register(self, kind: str, state_dict: dict, *, dataset_hash: str, code: dict, config: dict, seed: int,
+                 model_spec: dict, run_id: str | None) -> tuple[str, bool]:
+        """Store weights and lineage. Returns ``(version_id, created)``; identical weights are one version."""
+        data = serialize_weights(state_dict)
+        sha = hashlib.sha256(data).hexdigest()
+        version_id = f"{kind}-{sha[:12]}"
+        if self.find(version_id) is not None:
+            return version_id, False
+        folder = self.artifacts / "models" / version_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "weights.safetensors"
+        path.write_bytes(data)
+        (folder / "model.json").write_text(json.dumps(
+            {"version_id": version_id, "kind": kind, "model_spec": model_spec, "config": config, "seed": seed,
+             "dataset_hash": dataset_hash, "code": code, "weights_sha256": sha}, indent=2, default=str))
+        self.conn.execute(
+            "INSERT INTO registry.models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [version_id, kind, _now(), sha, to_relative(path, self.root), dataset_hash, code.get("commit"), code.get("dirty"),
+             code.get("label"), json.dumps(config, default=str), int(seed), json.dumps(model_spec), None, run_id])
+        return version_id, True
+
+    def find(self, version_id: str) -> dict | None:
+        rows = self.conn.execute("SELECT * FROM registry.models WHERE version_id = ?", [version_id]).df()
+        if rows.empty:
+            return None
+        record = rows.iloc[0].to_dict()
+        for key in ("config", "model_spec", "metrics"):
+            record[key] = json.loads(record[key]) if isinstance(record[key], str) else None
+        return record
+
+    def get(self, ref: str) -> dict:
+        record = self.find(self.resolve(ref))
+        if record is None:
+            raise RegistryError(f"model version {ref!r} is not in the registry")
+        return record
+
+    def resolve(self, ref: str) -> str:
+        """A version id, or the version an alias points to."""
+        if ref in ALIASES:
+            row = self.conn.execute("SELECT version_id FROM registry.aliases WHERE alias = ?", [ref]).fetchone()
+            if row is None:
+                raise RegistryError(f"no model has the alias {ref!r} yet")
+            return row[0]
+        return ref
+
+    def versions(self) -> pd.DataFrame:
+        return self.conn.execute("SELECT * FROM registry.models ORDER BY created_at").df()
+
+    def set_metrics(self, version_id: str, metrics: dict) -> None:
+        self.conn.execute("UPDATE registry.models SET metrics = ? WHERE version_id = ?",
+                          [json.dumps(metrics, default=float), version_id])
+
+    def load_weights(self, ref: str) -> tuple[dict, dict]:
+        """``(record, state_dict)``; refuses weights whose sha256 differs from the registry's."""
+        record = self.get(ref)
+        try:
+            path = stored_file(record["weights_path"], self.root)
+        except PathOutsideDataFolder as exc:
+            raise RegistryError(f"weights of {record['version_id']}: {exc}; refusing to load them") from None
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != record["weights_sha256"]:
+            raise RegistryError(f"weights of {record['version_id']} were changed on disk: sha256 {actual[:12]} "
+                                f"!= registered {record['weights_sha256'][:12]}; refusing to load them")
+        return record, deserialize_weights(data)
+
+    # -- aliases ---------------------------------------------------------------------------------
+    def alias(self, alias: str) -> str | None:
+        row = self.conn.execute("SELECT version_id FROM registry.aliases WHERE alias = ?", [alias]).fetchone()
+        return row[0] if row else None
+
+    def set_alias(self, alias: str, version_id: str, reason: str, run_id: str | None = None) -> bool:
+        """Point ``alias`` at ``version_id`` and record the move; returns False when nothing moved."""
+        if alias not in ALIASES:
+            raise RegistryError(f"unknown alias {alias!r}; one of {ALIASES}")
+        if self.find(version_id) is None:
+            raise RegistryError(f"model version {version_id!r} is not in the registry")
+        previous = self.alias(alias)
+        if previous == version_id:
+            return False
+        self.conn.execute("INSERT OR REPLACE INTO registry.aliases VALUES (?, ?, ?)", [alias, version_id, _now()])
+        self.conn.execute("INSERT INTO registry.alias_history VALUES (?, ?, ?, ?, ?, ?)",
+                          [_now(), alias, previous, version_id, reason, run_id])
+        return True
+
+    def record_gate(self, decision: GateDecision, run_id: str | None) -> None:
+        self.conn.execute("INSERT INTO registry.gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          [_now(), decision.challenger, decision.champion, decision.passed, decision.verdict,
+                           json.dumps(decision.inputs, default=float), run_id])
+
+
+# -- the promotion gate --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GatePolicy:
+    mce_relative_margin: float = 0.05  # challenger mCE <= (1 - margin) * champion mCE
+    max_clean_error_increase: float = 0.005  # 0.5 points
+    calibration_tolerance: float = 0.0  # challenger RMS calibration error <= champion's + this
+    first_max_clean_error: float = 0.10  # absolute bounds for the first model ever promoted
+    first_max_mce: float = 0.40
+    first_max_rms_calibration: float = 0.25
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    challenger: str
+    champion: str | None
+    passed: bool
+    verdict: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def promotion_decision(challenger: str, challenger_metrics: dict, champion: str | None,
+                       champion_metrics: dict | None, policy: GatePolicy) -> GateDecision:
+    """Decide whether ``challenger`` may replace ``champion``. Metrics: clean_error, mce, rms_calibration_corrupted."""
+    c = {k: float(challenger_metrics[k]) for k in ("clean_error", "mce", "rms_calibration_corrupted")}
+    if champion is None:
+        failures = [f"{name} {c[key]:.4f} > {bound}" for name, key, bound in (
+            ("clean error", "clean_error", policy.first_max_clean_error), ("mCE", "mce", policy.first_max_mce),
+            ("RMS calibration error", "rms_calibration_corrupted", policy.first_max_rms_calibration))
+            if c[key] > bound]
+        verdict = ("first model: within the absolute bounds, promoted" if not failures
+                   else "first model refused: " + "; ".join(failures))
+        return GateDecision(challenger, None, not failures, verdict, {"challenger": c, "policy": vars(policy)})
+    if challenger == champion:
+        return GateDecision(challenger, champion, True, "the challenger already is the champion",
+                            {"challenger": c, "policy": vars(policy)})
+    k = {key: float(champion_metrics[key]) for key in c}
+    failures = []
+    if c["mce"] > (1 - policy.mce_relative_margin) * k["mce"]:
+        failures.append(f"mCE {c['mce']:.4f} does not beat the champion's {k['mce']:.4f} by "
+                        f"{policy.mce_relative_margin:.0%}")
+    if c["clean_error"] > k["clean_error"] + policy.max_clean_error_increase:
+        failures.append(f"clean error {c['clean_error']:.4f} is more than "
+                        f"{policy.max_clean_error_increase * 100:.1f} points above the champion's {k['clean_error']:.4f}")
+    if c["rms_calibration_corrupted"] > k["rms_calibration_corrupted"] + policy.calibration_tolerance:
+        failures.append(f"RMS calibration error on corrupted data {c['rms_calibration_corrupted']:.4f} is worse "
+                        f"than the champion's {k['rms_calibration_corrupted']:.4f}")
+    verdict = "promoted: " + (f"mCE {c['mce']:.4f} vs {k['mce']:.4f}, clean error {c['clean_error']:.4f} vs "
+                              f"{k['clean_error']:.4f}") if not failures else "refused: " + "; ".join(failures)
+    return GateDecision(challenger, champion, not failures, verdict,
+                        {"challenger": c, "champion": k, "policy": vars(policy)})

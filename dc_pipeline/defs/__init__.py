@@ -1,0 +1,63 @@
+"""The Dagster shell: one folder per asset group (folder = group = asset key prefix = warehouse schema).
+
+Each ``<group>/assets.py`` holds thin asset and check bodies that read inputs, call ``dc_pipeline.core``,
+write through ``dc_pipeline.warehouse`` and report metadata. ``automation/`` holds the sensors and
+schedules, ``jobs.py`` the jobs, ``resources.py`` every resource. Group folders never import each other;
+their shared names come from ``dc_pipeline.catalog``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from dagster import Definitions, PreviewWarning
+
+# Partition-scoped asset checks are "preview" in Dagster 1.13; they are what keeps a check on one
+# landing batch from loading every batch, so we use them knowingly.
+warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions_def.*")
+
+
+def build_definitions(resources: dict | None = None) -> Definitions:
+    """Every asset, check, job, sensor and schedule; one raw asset (and scoring and drift asset) per source
+    contract, read when the code location loads. ``resources`` default to the settings' (``build_resources``)."""
+    from dc_pipeline.core.data.contracts import source_kinds
+    from dc_pipeline.defs.augmentation import assets as augmentation
+    from dc_pipeline.defs.automation import schedules, sensors
+    from dc_pipeline.defs.clean.assets import build_cleaning
+    from dc_pipeline.defs.curation import assets as curation
+    from dc_pipeline.defs.evaluation import assets as evaluation
+    from dc_pipeline.defs.features import assets as features
+    from dc_pipeline.defs.jobs import ingestion_jobs, pipeline_jobs
+    from dc_pipeline.defs.monitoring.assets import build_drift, overview
+    from dc_pipeline.defs.raw.assets import build_ingestion
+    from dc_pipeline.defs.registry.assets import champion
+    from dc_pipeline.defs.resources import build_resources
+    from dc_pipeline.defs.scoring.assets import build_scoring
+    from dc_pipeline.defs.training import assets as training
+
+    resources = resources or build_resources()
+    kinds = source_kinds(Path(resources["lake"].contracts_dir))
+    images = [s for s, k in kinds.items() if k == "images"]
+    reviews = [s for s, k in kinds.items() if k == "reviews"]
+    sources = sorted(kinds)
+    ingest_jobs = ingestion_jobs(images, reviews)
+    return Definitions(
+        assets=[
+            *[d for s in sources for d in build_ingestion(s)],
+            *build_cleaning(images, reviews),
+            features.features, features.feature_expectations,
+            augmentation.augmented_samples, augmentation.label_preservation,
+            training.baseline_model, training.augmix_model,
+            evaluation.corrupted_test_set, evaluation.model_evaluation, evaluation.promotion_gate,
+            champion,
+            *[d for s in images for d in build_scoring(s)],
+            *[d for s in images for d in build_drift(s)], overview,
+            curation.label_issues, curation.slice_analysis,
+        ],
+        jobs=[*ingest_jobs, *pipeline_jobs()],
+        sensors=[sensors.build_landing_sensor(sources, ingest_jobs), sensors.retraining_trigger,
+                 sensors.run_failure_alerts],
+        schedules=[schedules.nightly_monitoring, schedules.weekly_retrain],
+        resources=resources,
+    )

@@ -1,0 +1,1 @@
+"""The `augmentation` group: see assets.py."""

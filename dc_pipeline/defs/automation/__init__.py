@@ -1,0 +1,1 @@
+"""Automation: sensors and schedules (no assets)."""

@@ -1,0 +1,1 @@
+"""The `clean` group: see assets.py."""

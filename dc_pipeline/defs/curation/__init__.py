@@ -1,0 +1,1 @@
+"""The `curation` group: see assets.py."""

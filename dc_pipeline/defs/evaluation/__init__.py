@@ -1,0 +1,1 @@
+"""The `evaluation` group: see assets.py."""

@@ -1,0 +1,1 @@
+"""The `features` group: see assets.py."""

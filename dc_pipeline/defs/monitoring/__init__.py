@@ -1,0 +1,1 @@
+"""The `monitoring` group: see assets.py."""

@@ -1,0 +1,1 @@
+"""The `raw` group: see assets.py."""

@@ -1,0 +1,1 @@
+"""The `registry` group: see assets.py."""

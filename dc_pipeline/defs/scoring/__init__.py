@@ -1,0 +1,1 @@
+"""The `scoring` group: see assets.py."""

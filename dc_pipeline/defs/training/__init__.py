@@ -1,0 +1,1 @@
+"""The `training` group: see assets.py."""

@@ -1,0 +1,98 @@
+"""The one settings source: ``DC_*`` variables, read once, exported variables winning over ``.env``.
+
+Every entry point (the Dagster definitions, the resources, ``dc_pipeline.api``, the ``dc-pipeline``
+command, the tests) calls :func:`get_settings`. Precedence, highest first: variables exported in the
+environment, then the ``.env`` file (``DC_ENV_FILE`` names another one; the default is ``.env`` in the
+working directory), then the defaults below. Relative paths in ``.env`` are relative to the folder of the
+``.env`` file; exported relative paths are relative to the working directory.
+
+Dagster's own CLI (``dagster dev``) loads a ``.env`` in its working directory *over* exported variables;
+``dc-pipeline ui`` (what ``make run`` uses) resolves the settings first and starts ``dagster dev`` from the
+Dagster home, where there is no ``.env``, so exported variables win there too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_CONTRACTS = Path(__file__).resolve().parent / "contracts"
+PATH_FIELDS = ("data_dir", "warehouse", "contracts_dir", "label_ground_truth")
+
+
+class Settings(BaseSettings):
+    """Where the pipeline keeps its data, and the few switches a deployment sets."""
+
+    model_config = SettingsConfigDict(env_prefix="DC_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=Path("data"), description="The data folder: landing zone, objects, datasets, "
+                                                             "artifacts, reports (DC_DATA_DIR).")
+    warehouse: Path | None = Field(default=None, description="The DuckDB warehouse file (DC_WAREHOUSE); default "
+                                                             "<data_dir>/warehouse.duckdb.")
+    contracts_dir: Path = Field(default=PACKAGED_CONTRACTS, description="Folder of source contracts "
+                                                                         "(DC_CONTRACTS_DIR).")
+    label_ground_truth: Path | None = Field(default=None, description="Known label errors, for reporting "
+                                                                      "detection only (DC_LABEL_GROUND_TRUTH).")
+    alert_webhook: str | None = Field(default=None, description="URL that failed runs are POSTed to "
+                                                                "(DC_ALERT_WEBHOOK).")
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.warehouse or self.data_dir / "warehouse.duckdb"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.data_dir / "alerts.duckdb"
+
+    def with_data_dir(self, data_dir: str | Path) -> Settings:
+        """The same settings over another data folder (which brings its own warehouse)."""
+        return self.model_copy(update={"data_dir": Path(data_dir).resolve(), "warehouse": None})
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = None,
+                  cwd: str | Path | None = None) -> Settings:
+    """Resolve the settings from ``environ`` (default: ``os.environ``) and the ``.env`` file."""
+    environ = dict(os.environ if environ is None else environ)
+    cwd = Path(cwd or os.getcwd())
+    path = Path(env_file or environ.get("DC_ENV_FILE") or cwd / ".env")
+    path = path if path.is_absolute() else cwd / path
+    from_file = env_file_values(path)
+    values: dict[str, object] = {}
+    for name in Settings.model_fields:
+        key = f"DC_{name.upper()}"
+        if environ.get(key):
+            raw, base = environ[key], cwd
+        elif from_file.get(key):
+            raw, base = from_file[key], path.parent
+        else:
+            continue
+        values[name] = (base / raw).resolve() if name in PATH_FIELDS else raw
+    settings = Settings(**values)
+    if "data_dir" not in values:
+        settings = settings.model_copy(update={"data_dir": (cwd / settings.data_dir).resolve()})
+    return settings
+
+
+def apply_env_file(env_file: str | Path | None = None) -> None:
+    """Put the ``.env`` file's other variables (``GX_ANALYTICS_ENABLED`` ...) into the environment of this
+    process without overriding exported ones, as the settings do for ``DC_*``."""
+    path = Path(env_file or os.environ.get("DC_ENV_FILE") or ".env")
+    for key, value in env_file_values(path).items():
+        os.environ.setdefault(key, value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()

@@ -1,0 +1,75 @@
+"""Writing DataFrames into declared tables: replace a table's rows, replace a partition's rows, append.
+
+Tables are created by the migrations (or, for per-source raw tables, by their owner through
+``ensure_table``) with declared types; a write never creates or retypes a table. A DataFrame column the
+table does not declare is an error, a declared column the DataFrame lacks is NULL, and values are cast
+to the declared types.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+class UndeclaredTable(LookupError):
+    """A write to a table that no migration or owner created."""
+
+
+def table_exists(conn, table: str) -> bool:
+    schema, name = table.split(".")
+    return bool(conn.execute(  # fetchall: DuckDB 2 refuses new work while a result is half read
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name]).fetchall()[0][0])
+
+
+def _require(conn, table: str) -> None:
+    if not table_exists(conn, table):
+        raise UndeclaredTable(f"{table} does not exist: declare it in dc_pipeline.warehouse.tables")
+
+
+def _insert(conn, table: str, df: pd.DataFrame, view: str) -> None:
+    _require(conn, table)
+    conn.register(view, df)
+    try:
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+    finally:
+        conn.unregister(view)
+
+
+def _in_transaction(conn, statements) -> None:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        statements()
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def replace_table(conn, table: str, df: pd.DataFrame) -> None:
+    """Replace every row of ``table`` with ``df``, in one transaction."""
+    _require(conn, table)
+
+    def run():
+        conn.execute(f"DELETE FROM {table}")
+        _insert(conn, table, df, "_replace_df")
+    _in_transaction(conn, run)
+
+
+def replace_rows(conn, table: str, df: pd.DataFrame, where: dict[str, object]) -> None:
+    """Delete the rows matching ``where`` and insert ``df``, in one transaction (a partition write)."""
+    _require(conn, table)
+    clause = " AND ".join(f'"{k}" = ?' for k in where)
+
+    def run():
+        conn.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
+        _insert(conn, table, df, "_rows_df")
+    _in_transaction(conn, run)
+
+
+def append_rows(conn, table: str, df: pd.DataFrame) -> None:
+    _insert(conn, table, df, "_append_df")
+
+
+def read(conn, sql: str, params: list | None = None) -> pd.DataFrame:
+    return conn.execute(sql, params or []).df()

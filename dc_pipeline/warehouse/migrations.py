@@ -1,0 +1,128 @@
+"""Numbered, additive migrations, recorded in the database they migrate (``meta.schema_migrations``).
+
+Migration N creates the tables and adds the columns declared with ``since=N`` in
+``dc_pipeline.warehouse.tables``, then runs its own step, if any, in the same transaction. Nothing is
+dropped or wiped: an older warehouse upgrades in place the first time a new release opens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dc_pipeline.catalog import RAW, T
+from dc_pipeline.warehouse.tables import ALERT_TABLES, TABLES, Table
+
+LEDGER = "meta.schema_migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    step: Callable | None = None  # step(conn, data_dir), after the declared tables and columns
+
+
+def existing_columns(conn, table: str) -> dict[str, str]:
+    schema, name = table.split(".")
+    rows = conn.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+                        "AND table_name = ? ORDER BY ordinal_position", [schema, name]).fetchall()
+    return dict(rows)
+
+
+def ensure_table(conn, table: Table, until: int | None = None) -> None:
+    """Create ``table`` if it is missing, add its missing columns, and give existing columns their declared
+    types (older releases took types from the first DataFrame written, e.g. ``"NULL"`` for an empty one)."""
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.schema}"')
+    have = existing_columns(conn, table.name)
+    if not have:
+        conn.execute(table.create_sql(until))
+        return
+    for col in table.columns:
+        if until is not None and col.since > until:
+            continue
+        declared = col.type.split()[0].upper()
+        if col.name not in have:
+            conn.execute(f'ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS "{col.name}" {declared}')
+        elif have[col.name].upper() != declared:
+            conn.execute(f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" SET DATA TYPE {declared} '
+                         f'USING TRY_CAST("{col.name}" AS {declared})')
+
+
+def _declared(tables: tuple[Table, ...], number: int) -> Callable:
+    def apply(conn, data_dir) -> None:
+        for table in tables:
+            if table.since == number or any(c.since == number for c in table.columns):
+                ensure_table(conn, table, until=number)
+    return apply
+
+
+def _conform_raw_tables(conn, data_dir) -> None:
+    """Per-source raw tables of older releases: declared types (their owner creates new ones)."""
+    from dc_pipeline.warehouse.tables import RAW_IMAGE_COLUMNS, RAW_REVIEW_COLUMNS
+
+    names = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                                        "AND table_name NOT IN ('schema_history', 'batch_gate')", [RAW]).fetchall()]
+    for name in names:
+        have = existing_columns(conn, f"{RAW}.{name}")
+        columns = RAW_REVIEW_COLUMNS if "decision" in have else RAW_IMAGE_COLUMNS
+        ensure_table(conn, Table(f"{RAW}.{name}", "raw", columns))
+
+
+def _relative_paths(conn, data_dir) -> None:
+    """Older releases stored absolute paths; make them relative to the data folder (by the folder's layout
+    when it was moved before migrating). A path that names nothing inside it is left as it is, and
+    ``stored_file`` refuses to read it."""
+    from dc_pipeline.core.paths import legacy_relative
+
+    if data_dir is None:
+        return
+    for table, column, key in ((T.MODELS, "weights_path", "version_id"), (T.DATASET_VERSIONS, "path", "dataset_hash")):
+        for k, path in conn.execute(f"SELECT {key}, {column} FROM {table} WHERE {column} LIKE '/%'").fetchall():
+            rel = legacy_relative(path, data_dir)
+            if rel is not None:
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [rel, k])
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """The migrations of one database file and the tables they declare."""
+
+    tables: tuple[Table, ...]
+    steps: tuple[Migration, ...]
+
+
+WAREHOUSE = Migrations(TABLES, (
+    Migration(1, "declared tables of release 0.1, with their declared types", _conform_raw_tables),
+    Migration(2, "paths stored relative to the data folder", _relative_paths),
+))
+ALERTS = Migrations(ALERT_TABLES, (
+    Migration(1, "declared alerts table (a partition column typed NULL by release 0.1 becomes VARCHAR)"),
+))
+
+
+def migrate(conn, data_dir: str | Path | None, migrations: Migrations = WAREHOUSE) -> list[int]:
+    """Apply the pending migrations, each in its own transaction; returns the numbers applied."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS meta")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER} (number INTEGER PRIMARY KEY, name VARCHAR, "
+                 "applied_at TIMESTAMP)")
+    done = {r[0] for r in conn.execute(f"SELECT number FROM {LEDGER}").fetchall()}
+    applied = []
+    for m in migrations.steps:
+        if m.number in done:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            _declared(migrations.tables, m.number)(conn, data_dir)
+            if m.step:
+                m.step(conn, data_dir)
+            conn.execute(f"INSERT INTO {LEDGER} VALUES (?, ?, ?)",
+                         [m.number, m.name, datetime.now(UTC).replace(tzinfo=None)])
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(m.number)
+    return applied

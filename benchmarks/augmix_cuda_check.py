@@ -1,6 +1,6 @@
 """On a CUDA machine: the AugMix engine's CUDA path against its CPU path, and its GPU throughput.
 
-    python3 benchmarks/augmix_cuda_check.py        # prints a small table; not a test (CI has no GPU)
+python3 benchmarks/augmix_cuda_check.py        # prints a small table; not a test (CI has no GPU)
 """
 
 import time

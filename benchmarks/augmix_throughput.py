@@ -152,8 +152,7 @@ def main() -> None:
         "",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}",
-        f"- CPU: {cpu_model()}, os.cpu_count() = {os.cpu_count()}, "
-        f"torch.set_num_threads({args.threads})",
+        f"- CPU: {cpu_model()}, os.cpu_count() = {os.cpu_count()}, torch.set_num_threads({args.threads})",
         f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
         f"- batch {BATCH}; median of {args.repeats} interleaved repeats "
         f"(engine: {args.engine_calls} batch calls per repeat); paper settings "

@@ -72,14 +72,18 @@ def main() -> int:
     import duckdb
 
     with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as conn:
-        versions = conn.execute("SELECT dataset_hash, is_current, relabelled FROM features.dataset_versions "
-                                "ORDER BY created_at").df()
+        versions = conn.execute(
+            "SELECT dataset_hash, is_current, relabelled FROM features.dataset_versions ORDER BY created_at"
+        ).df()
     current = versions[versions.is_current].iloc[0]
     index = DatasetVersion(data / "datasets", current.dataset_hash).index()
     sources = index[index.split == "test"].sort_values("position")["source"].to_numpy()
     xt, yt = after["test"]
-    corrupted = {(n, s): np.rint(corrupt(xt, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
-                 for i, n in enumerate(sorted(CORRUPTIONS)) for s in SEVERITIES}
+    corrupted = {
+        (n, s): np.rint(corrupt(xt, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
+        for i, n in enumerate(sorted(CORRUPTIONS))
+        for s in SEVERITIES
+    }
     rows = []
     for seed in args.seeds:
         cfg = train_config(TrainingConfig(seed=seed), 10)
@@ -89,20 +93,32 @@ def main() -> int:
             (x, y), (xv, yv) = dataset["train"], dataset["val"]
             model = train(x, y, xv, yv, cfg, mode="augmix").model()
             ev = evaluate(lambda a, m=model: predict_proba(m, a), (xt, yt), (xv, yv), corrupted, sources, 10)
-            rows.append({"seed": seed, "training data": name, "clean error": ev.summary["clean_error"],
-                         "mCE": ev.summary["mce"], "automation (clean)": ev.summary["automation_rate_clean"],
-                         "accepted error (clean)": ev.summary["accepted_error_clean"],
-                         "automation (corrupted)": ev.summary["automation_rate_corrupted"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "training data": name,
+                    "clean error": ev.summary["clean_error"],
+                    "mCE": ev.summary["mce"],
+                    "automation (clean)": ev.summary["automation_rate_clean"],
+                    "accepted error (clean)": ev.summary["accepted_error_clean"],
+                    "automation (corrupted)": ev.summary["automation_rate_corrupted"],
+                }
+            )
             print(rows[-1], file=sys.stderr)
     table = pd.DataFrame(rows)
     mean = table.groupby("training data", sort=False).mean(numeric_only=True).drop(columns="seed").reset_index()
-    text = (table.to_markdown(index=False, floatfmt=".3f") + "\n\nMean over seeds:\n\n"
-            + mean.to_markdown(index=False, floatfmt=".3f"))
-    header = (f"# Improve the data, not the model\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
-              f"\n- reviews: {counts} (simulated reviewer answering the whole review queue from the ground truth)"
-              f"\n- dataset before {versions.dataset_hash.iloc[0][:12]}, after {current.dataset_hash[:12]} "
-              f"({int(current.relabelled)} labels corrected)\n- model: AugMix, default training config, frozen; "
-              f"evaluated on the curated test split ({len(yt)} images) and its {len(corrupted)} corruptions\n\n")
+    text = (
+        table.to_markdown(index=False, floatfmt=".3f")
+        + "\n\nMean over seeds:\n\n"
+        + mean.to_markdown(index=False, floatfmt=".3f")
+    )
+    header = (
+        f"# Improve the data, not the model\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
+        f"\n- reviews: {counts} (simulated reviewer answering the whole review queue from the ground truth)"
+        f"\n- dataset before {versions.dataset_hash.iloc[0][:12]}, after {current.dataset_hash[:12]} "
+        f"({int(current.relabelled)} labels corrected)\n- model: AugMix, default training config, frozen; "
+        f"evaluated on the curated test split ({len(yt)} images) and its {len(corrupted)} corruptions\n\n"
+    )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(header + text + "\n")

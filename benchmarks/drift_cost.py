@@ -71,8 +71,9 @@ def timed(ref, cur, test_probs, test_labels) -> tuple[float, float]:
     drift.policy.mmd_test = mmd_timed
     try:
         t0 = time.perf_counter()
-        drift.drift_report(ref[0], cur[0], ref[1], cur[1], test_probs, cur[2], ref[3], cur[3], ref[4], cur[4],
-                           test_labels=test_labels)
+        drift.drift_report(
+            ref[0], cur[0], ref[1], cur[1], test_probs, cur[2], ref[3], cur[3], ref[4], cur[4], test_labels=test_labels
+        )
         return time.perf_counter() - t0, sum(spent)
     finally:
         drift.policy.mmd_test = inner
@@ -102,21 +103,26 @@ def main() -> None:
     at_10k = {n: s for n, s, _ in rows}[10_000]
     table = ["| reference size | seconds | of which MMD |", "|---:|---:|---:|"]
     table += [f"| {n:,} | {s:.3f} | {m:.3f} |" for n, s, m in rows]
-    text = "\n".join([
-        "# Drift report cost", "",
-        f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
-        f"- CPU: {platform.processor() or platform.machine()}, os.cpu_count() = {os.cpu_count()}, "
-        "BLAS/OpenMP limited to 2 threads",
-        f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
-        f"- `drift_report` defaults (MMD subsample 1,000 ref / 500 batch, 1,000 permutations); batch {BATCH:,} "
-        f"images; median of {args.repeats} runs; model loading and embedding excluded (digits statistics "
-        f"resampled, {DIM}-dim embeddings)",
-        "- 'of which MMD': time inside the report's `mmd_test` call (subsampling, kernel, permutations)",
-        f"- target under {TARGET_S:.0f} s for 1,000 vs 10,000: {at_10k:.3f} s "
-        f"({'met' if at_10k < TARGET_S else 'missed'})",
-        "", *table, "",
-    ])
+    text = "\n".join(
+        [
+            "# Drift report cost",
+            "",
+            f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
+            f"- Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}",
+            f"- CPU: {platform.processor() or platform.machine()}, os.cpu_count() = {os.cpu_count()}, "
+            "BLAS/OpenMP limited to 2 threads",
+            f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}",
+            f"- `drift_report` defaults (MMD subsample 1,000 ref / 500 batch, 1,000 permutations); batch {BATCH:,} "
+            f"images; median of {args.repeats} runs; model loading and embedding excluded (digits statistics "
+            f"resampled, {DIM}-dim embeddings)",
+            "- 'of which MMD': time inside the report's `mmd_test` call (subsampling, kernel, permutations)",
+            f"- target under {TARGET_S:.0f} s for 1,000 vs 10,000: {at_10k:.3f} s "
+            f"({'met' if at_10k < TARGET_S else 'missed'})",
+            "",
+            *table,
+            "",
+        ]
+    )
     print("\n" + "\n".join(table))
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ def build_demo(data: Path) -> None:
         for batch in batches:
             defs.resolve_job_def(ingest_job_name(source)).execute_in_process(partition_key=batch, instance=instance)
     defs.resolve_job_def("refresh_downstream").execute_in_process(
-        instance=instance, asset_selection=[IMAGES, QUARANTINE, LINEAGE, DECISIONS, DATASET_VERSION, IMAGE_STATS])
+        instance=instance, asset_selection=[IMAGES, QUARANTINE, LINEAGE, DECISIONS, DATASET_VERSION, IMAGE_STATS]
+    )
 
 
 def step_times(x, y, cfg, steps: int = 40) -> dict[str, float]:
@@ -123,8 +124,11 @@ def main() -> int:
         dataset_hash = conn.execute("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").fetchone()[0]
     index = DatasetVersion(args.data_dir / "datasets", dataset_hash).index()
     sources = index[index.split == "test"].sort_values("position")["source"].to_numpy()
-    corrupted = {(n, s): np.rint(corrupt(xt, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
-                 for i, n in enumerate(sorted(CORRUPTIONS)) for s in SEVERITIES}
+    corrupted = {
+        (n, s): np.rint(corrupt(xt, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
+        for i, n in enumerate(sorted(CORRUPTIONS))
+        for s in SEVERITIES
+    }
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     cfg = train_config(TrainingConfig(**overrides), 10)
     rows = []
@@ -141,19 +145,24 @@ def main() -> int:
             epoch = statistics.median(h["seconds"] for h in trained.history)
             result[mode] = {**ev.summary, "epoch_seconds": epoch, "total_seconds": time.perf_counter() - start}
         b, a = result["baseline"], result["augmix"]
-        rows.append({
-            "seed": seed,
-            "baseline clean err": b["clean_error"], "augmix clean err": a["clean_error"],
-            "baseline mCE": b["mce"], "augmix mCE": a["mce"], "mCE ratio": a["mce"] / b["mce"],
-            "mCE ratio, unseen corruptions": a["mce_unseen_by_augmix"] / b["mce_unseen_by_augmix"],
-            "baseline RMS cal (corr.)": b["rms_calibration_corrupted"],
-            "augmix RMS cal (corr.)": a["rms_calibration_corrupted"],
-            "RMS cal ratio": a["rms_calibration_corrupted"] / b["rms_calibration_corrupted"],
-            "baseline automation (corr.)": b["automation_rate_corrupted"],
-            "augmix automation (corr.)": a["automation_rate_corrupted"],
-            "augmix accepted err (corr.)": a["accepted_error_corrupted"],
-            "epoch time ratio": a["epoch_seconds"] / b["epoch_seconds"],
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "baseline clean err": b["clean_error"],
+                "augmix clean err": a["clean_error"],
+                "baseline mCE": b["mce"],
+                "augmix mCE": a["mce"],
+                "mCE ratio": a["mce"] / b["mce"],
+                "mCE ratio, unseen corruptions": a["mce_unseen_by_augmix"] / b["mce_unseen_by_augmix"],
+                "baseline RMS cal (corr.)": b["rms_calibration_corrupted"],
+                "augmix RMS cal (corr.)": a["rms_calibration_corrupted"],
+                "RMS cal ratio": a["rms_calibration_corrupted"] / b["rms_calibration_corrupted"],
+                "baseline automation (corr.)": b["automation_rate_corrupted"],
+                "augmix automation (corr.)": a["automation_rate_corrupted"],
+                "augmix accepted err (corr.)": a["accepted_error_corrupted"],
+                "epoch time ratio": a["epoch_seconds"] / b["epoch_seconds"],
+            }
+        )
         print(rows[-1], file=sys.stderr)
     import pandas as pd
 
@@ -161,15 +170,19 @@ def main() -> int:
     mean = table.drop(columns="seed").mean().to_frame().T.assign(seed="mean")
     table = pd.concat([table, mean], ignore_index=True)
     text = table.to_markdown(index=False, floatfmt=".3f")
-    header = (f"# Baseline vs AugMix on the demo data\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
-              f"\n- dataset {dataset_hash[:12]}: train {len(y)}, val {len(yv)}, test {len(yt)} "
-              f"(x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities)\n- default training config: "
-              f"{cfg.to_dict()} (seed varies)\n- load average before/after: see the console; 2 CPU threads\n\n")
+    header = (
+        f"# Baseline vs AugMix on the demo data\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
+        f"\n- dataset {dataset_hash[:12]}: train {len(y)}, val {len(yv)}, test {len(yt)} "
+        f"(x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities)\n- default training config: "
+        f"{cfg.to_dict()} (seed varies)\n- load average before/after: see the console; 2 CPU threads\n\n"
+    )
     steps = step_times(x, y, cfg)
-    step_text = (f"\n\nPer training step (ms, batch {cfg.batch_size}): "
-                 + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
-                 + f"; AugMix/baseline {steps['augmix'] / steps['baseline']:.2f}x, of which augmentation "
-                 f"{(steps['augmix'] - steps['three clean copies']) / steps['augmix']:.0%} of the AugMix step.")
+    step_text = (
+        f"\n\nPer training step (ms, batch {cfg.batch_size}): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
+        + f"; AugMix/baseline {steps['augmix'] / steps['baseline']:.2f}x, of which augmentation "
+        f"{(steps['augmix'] - steps['three clean copies']) / steps['augmix']:.0%} of the AugMix step."
+    )
     print(text + step_text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(header + text + step_text + "\n")

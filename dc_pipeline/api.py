@@ -50,8 +50,9 @@ def load_model(ref: str, data_dir: str | Path | None = None, warehouse: str | Pa
     return build_loaded(record, state)
 
 
-def load_split(name: str, data_dir: str | Path | None = None, warehouse: str | Path | None = None,
-               dataset_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    name: str, data_dir: str | Path | None = None, warehouse: str | Path | None = None, dataset_hash: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Canonical images ``[N, S, S]`` (float32 in [0, 1]) and class ids of split ``name`` of the current
     dataset version (or of ``dataset_hash``)."""
     from dc_pipeline.core.data.features import DatasetVersion

@@ -66,7 +66,9 @@ def cmd_migrate(args, s: Settings) -> int:
 
     for path, migrations in ((s.warehouse_path, WAREHOUSE), (s.alerts_path, ALERTS)):
         with connect(path, s.data_dir, migrations=migrations) as conn:
-            rows = conn.execute("SELECT number, name, applied_at FROM meta.schema_migrations ORDER BY number").fetchall()
+            rows = conn.execute(
+                "SELECT number, name, applied_at FROM meta.schema_migrations ORDER BY number"
+            ).fetchall()
         print(f"{path}: " + "; ".join(f"{n} {name} ({at:%Y-%m-%d %H:%M})" for n, name, at in rows))
     return 0
 
@@ -91,8 +93,16 @@ def cmd_ui(args, s: Settings) -> int:
     home = Path(env.get("DAGSTER_HOME") or s.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     env["DAGSTER_HOME"] = str(home)
-    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "dc_pipeline.definitions",
-           "-h", args.host, "-p", str(args.port)]
+    cmd = [
+        str(Path(sys.executable).parent / "dagster"),
+        "dev",
+        "-m",
+        "dc_pipeline.definitions",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
     return subprocess.call(cmd, cwd=home, env=env)
 
 
@@ -124,8 +134,11 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     p.add_argument("--batch-id", help="default: derived from the time and the seed")
     p.set_defaults(func=cmd_demo_batch)
 
-    p = sub.add_parser("simulate-review", help="answer the review queue from the demo's ground truth, as a "
-                                               "reviewer would, and deliver the decisions as a reviews batch")
+    p = sub.add_parser(
+        "simulate-review",
+        help="answer the review queue from the demo's ground truth, as a "
+        "reviewer would, and deliver the decisions as a reviews batch",
+    )
     p.add_argument("--top", type=int, default=0, help="review only the top N of the queue (default: all)")
     p.add_argument("--batch-id", help="default: derived from the time")
     p.set_defaults(func=cmd_simulate_review)

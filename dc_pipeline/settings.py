@@ -30,16 +30,22 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DC_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(default=Path("data"), description="The data folder: landing zone, objects, datasets, "
-                                                             "artifacts, reports (DC_DATA_DIR).")
-    warehouse: Path | None = Field(default=None, description="The DuckDB warehouse file (DC_WAREHOUSE); default "
-                                                             "<data_dir>/warehouse.duckdb.")
-    contracts_dir: Path = Field(default=PACKAGED_CONTRACTS, description="Folder of source contracts "
-                                                                         "(DC_CONTRACTS_DIR).")
-    label_ground_truth: Path | None = Field(default=None, description="Known label errors, for reporting "
-                                                                      "detection only (DC_LABEL_GROUND_TRUTH).")
-    alert_webhook: str | None = Field(default=None, description="URL that failed runs are POSTed to "
-                                                                "(DC_ALERT_WEBHOOK).")
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="The data folder: landing zone, objects, datasets, artifacts, reports (DC_DATA_DIR).",
+    )
+    warehouse: Path | None = Field(
+        default=None, description="The DuckDB warehouse file (DC_WAREHOUSE); default <data_dir>/warehouse.duckdb."
+    )
+    contracts_dir: Path = Field(
+        default=PACKAGED_CONTRACTS, description="Folder of source contracts (DC_CONTRACTS_DIR)."
+    )
+    label_ground_truth: Path | None = Field(
+        default=None, description="Known label errors, for reporting detection only (DC_LABEL_GROUND_TRUTH)."
+    )
+    alert_webhook: str | None = Field(
+        default=None, description="URL that failed runs are POSTed to (DC_ALERT_WEBHOOK)."
+    )
 
     @property
     def warehouse_path(self) -> Path:
@@ -60,8 +66,9 @@ def env_file_values(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = None,
-                  cwd: str | Path | None = None) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = None, cwd: str | Path | None = None
+) -> Settings:
     """Resolve the settings from ``environ`` (default: ``os.environ``) and the ``.env`` file."""
     environ = dict(os.environ if environ is None else environ)
     cwd = Path(cwd or os.getcwd())

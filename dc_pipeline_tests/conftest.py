@@ -41,14 +41,22 @@ class Pipeline:
         name = batches_of(source).name
         if batch_id not in self.instance.get_dynamic_partitions(name):
             self.instance.add_dynamic_partitions(name, [batch_id])
-        return materialize(build_ingestion(source), partition_key=batch_id, instance=self.instance,
-                           resources=self.resources, raise_on_error=raise_on_error)
+        return materialize(
+            build_ingestion(source),
+            partition_key=batch_id,
+            instance=self.instance,
+            resources=self.resources,
+            raise_on_error=raise_on_error,
+        )
 
     def refresh(self, raise_on_error: bool = False, run_config: dict | None = None, selection=None):
         """Run ``refresh_downstream`` (all of it, or the asset keys in ``selection``); training is tiny by default."""
         return self.defs.resolve_job_def("refresh_downstream").execute_in_process(
-            instance=self.instance, raise_on_error=raise_on_error, asset_selection=selection,
-            run_config=run_config if run_config is not None else tiny_run_config())
+            instance=self.instance,
+            raise_on_error=raise_on_error,
+            asset_selection=selection,
+            run_config=run_config if run_config is not None else tiny_run_config(),
+        )
 
     def refresh_data(self, raise_on_error: bool = False, features: bool = True):
         """Refresh cleaning (and features) only, no training."""
@@ -77,8 +85,13 @@ def tiny_run_config(epochs: int = 6, width: int = 8, seed: int = 0, gate: dict |
     logic is tested in test_registry.py)."""
     train = {"config": {"epochs": epochs, "width": width, "batch_size": 32, "seed": seed}}
     gate = gate or {"first_max_clean_error": 0.6, "first_max_mce": 0.9, "first_max_rms_calibration": 0.6}
-    return {"ops": {"training__baseline_model": train, "training__augmix_model": train,
-                    "evaluation__model_evaluation_promotion_gate": {"config": gate}}}
+    return {
+        "ops": {
+            "training__baseline_model": train,
+            "training__augmix_model": train,
+            "evaluation__model_evaluation_promotion_gate": {"config": gate},
+        }
+    }
 
 
 def make_pipeline(path: Path, demo: bool = True) -> Pipeline:

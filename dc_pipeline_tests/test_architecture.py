@@ -40,8 +40,9 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-GRAPH = {m: {t for t in imports_of(p) if t in MODULES and t != m and not m.startswith(t + ".")}
-         for m, p in MODULES.items()}
+GRAPH = {
+    m: {t for t in imports_of(p) if t in MODULES and t != m and not m.startswith(t + ".")} for m, p in MODULES.items()
+}
 
 
 def test_no_import_cycles_function_local_imports_included():
@@ -79,20 +80,26 @@ def test_a_group_folder_never_imports_another(group):
     ours = f"dc_pipeline.defs.{group}"
     for module, targets in GRAPH.items():
         if module == ours or module.startswith(ours + "."):
-            others = [t for t in targets if t.startswith("dc_pipeline.defs.") and t.split(".")[2] in GROUPS
-                      and t.split(".")[2] != group]
+            others = [
+                t
+                for t in targets
+                if t.startswith("dc_pipeline.defs.") and t.split(".")[2] in GROUPS and t.split(".")[2] != group
+            ]
             assert others == [], f"{module} imports {others}"
 
 
 def test_core_warehouse_and_catalog_never_import_the_shell():
     for module, path in MODULES.items():
-        if module.startswith(("dc_pipeline.core", "dc_pipeline.warehouse", "dc_pipeline.demo")) \
-                or module in ("dc_pipeline.catalog", "dc_pipeline.settings"):
+        if module.startswith(("dc_pipeline.core", "dc_pipeline.warehouse", "dc_pipeline.demo")) or module in (
+            "dc_pipeline.catalog",
+            "dc_pipeline.settings",
+        ):
             shell = [t for t in imports_of(path) if t.startswith("dc_pipeline.defs") or t == "dc_pipeline.definitions"]
             assert shell == [], f"{module} imports the Dagster shell: {shell}"
         if module.startswith(("dc_pipeline.core", "dc_pipeline.warehouse", "dc_pipeline.demo")):
-            assert not any(t == "dagster" or t.startswith("dagster") for t in imports_of(path)), \
+            assert not any(t == "dagster" or t.startswith("dagster") for t in imports_of(path)), (
                 f"{module} imports dagster: the core stays Dagster-free"
+            )
 
 
 def test_the_pipeline_never_imports_the_demo_generators():
@@ -106,8 +113,9 @@ def test_every_resource_lives_in_the_resources_module():
     for module, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(
-                    getattr(b, "id", getattr(b, "attr", "")) in ("ConfigurableResource", "DuckDBResource")
-                    for b in node.bases):
+                getattr(b, "id", getattr(b, "attr", "")) in ("ConfigurableResource", "DuckDBResource")
+                for b in node.bases
+            ):
                 assert module == "dc_pipeline.defs.resources", f"resource {node.name} is defined in {module}"
 
 
@@ -116,7 +124,7 @@ def test_only_the_settings_module_reads_dc_variables():
         if module in ("dc_pipeline.settings",):
             continue
         text = path.read_text()
-        for needle in ('getenv("DC_', "environ.get(\"DC_", 'environ["DC_'):
+        for needle in ('getenv("DC_', 'environ.get("DC_', 'environ["DC_'):
             assert needle not in text, f"{module} reads a DC_ variable itself ({needle}); use get_settings()"
 
 

@@ -27,8 +27,7 @@ def _digits_pil(n: int) -> list[Image.Image]:
     """Real sklearn digits (8x8, 0..16) upscaled to 28x28 grayscale PIL images."""
     images = load_digits().images[:n]
     return [
-        Image.fromarray(np.round(im * 255.0 / 16.0).astype(np.uint8)).resize((28, 28), Image.BILINEAR)
-        for im in images
+        Image.fromarray(np.round(im * 255.0 / 16.0).astype(np.uint8)).resize((28, 28), Image.BILINEAR) for im in images
     ]
 
 
@@ -157,9 +156,7 @@ def test_apply_op_draws_signs_from_generator(rgb) -> None:
     assert torch.equal(a, b)
     plus = apply_op(x, "rotate", 3.0, sign=1.0)
     minus = apply_op(x, "rotate", 3.0, sign=-1.0)
-    per_image = [
-        torch.equal(a[i], plus[i]) or torch.equal(a[i], minus[i]) for i in range(x.shape[0])
-    ]
+    per_image = [torch.equal(a[i], plus[i]) or torch.equal(a[i], minus[i]) for i in range(x.shape[0])]
     assert all(per_image)
     assert 0 < sum(torch.equal(a[i], plus[i]) for i in range(x.shape[0])) < x.shape[0]
 

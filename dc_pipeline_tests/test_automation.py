@@ -47,12 +47,18 @@ def test_each_complete_batch_runs_exactly_once_and_the_cursor_survives_a_restart
     first, _ = tick(sensor, instance, resources)
     runs = requests_of(first)
     assert sorted((r.job_name, r.partition_key) for r in runs) == sorted(
-        (f"ingest_{s}", b) for s in SOURCES if (data / "landing" / s).is_dir()
-        for b in sorted(p.name for p in (data / "landing" / s).iterdir()))
+        (f"ingest_{s}", b)
+        for s in SOURCES
+        if (data / "landing" / s).is_dir()
+        for b in sorted(p.name for p in (data / "landing" / s).iterdir())
+    )
     assert all(isinstance(r, RunRequest) and r.run_key.count(":") == 2 for r in runs)
     added = {req.partitions_def_name: list(req.partition_keys) for req in first.dynamic_partitions_requests}
-    assert added == {"field_app_batches": ["batch-0001", "batch-0002"], "legacy_erp_batches": ["batch-0001"],
-                     "partner_api_batches": ["batch-0001", "batch-0002"]}
+    assert added == {
+        "field_app_batches": ["batch-0001", "batch-0002"],
+        "legacy_erp_batches": ["batch-0001"],
+        "partner_api_batches": ["batch-0001", "batch-0002"],
+    }
     for name, keys in added.items():  # what the daemon does with the request
         instance.add_dynamic_partitions(name, keys)
     # a restarted daemon reads the stored cursor: nothing runs twice
@@ -78,15 +84,19 @@ def test_incomplete_unreadable_changed_and_many_batches(landing):
     (partial / "_SUCCESS").write_text("")
     # several batches landing at once are all requested, and a changed re-delivery runs again
     for k in range(4, 8):
-        shutil.copytree(data / "landing" / "legacy_erp" / "batch-0001", data / "landing" / "legacy_erp" / f"batch-000{k}")
+        shutil.copytree(
+            data / "landing" / "legacy_erp" / "batch-0001", data / "landing" / "legacy_erp" / f"batch-000{k}"
+        )
     manifest = data / "landing" / "field_app" / "batch-0002" / "manifest.csv"
     manifest.write_text(manifest.read_text().replace("dev-01", "dev-09"))
     result, _ = tick(sensor, instance, resources, cursor=cursor)
     got = {(r.job_name, r.partition_key) for r in requests_of(result)}
     assert got == {("ingest_field_app", "batch-0003"), ("ingest_field_app", "batch-0002")} | {
-        ("ingest_legacy_erp", f"batch-000{k}") for k in range(4, 8)}
-    old_key = next(r.run_key for r in requests_of(first) if r.partition_key == "batch-0002"
-                   and r.job_name == "ingest_field_app")
+        ("ingest_legacy_erp", f"batch-000{k}") for k in range(4, 8)
+    }
+    old_key = next(
+        r.run_key for r in requests_of(first) if r.partition_key == "batch-0002" and r.job_name == "ingest_field_app"
+    )
     new_key = next(r.run_key for r in requests_of(result) if r.partition_key == "batch-0002")
     assert old_key != new_key, "a changed manifest gets a new run key"
 
@@ -103,14 +113,24 @@ def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
 
     instance = DagsterInstance.ephemeral()
     resources = {**resources_for(tmp_path), "retrain_policy": RetrainPolicy()}
-    write_verdicts(tmp_path, [{"source": "field_app", "batch_id": "b1", "verdict": "none",
-                               "reported_at": pd.Timestamp("2026-11-01")}])
+    write_verdicts(
+        tmp_path,
+        [{"source": "field_app", "batch_id": "b1", "verdict": "none", "reported_at": pd.Timestamp("2026-11-01")}],
+    )
     result, _ = tick(retraining_trigger, instance, resources)
     assert requests_of(result) == []
-    write_verdicts(tmp_path, [{"source": "field_app", "batch_id": "b1", "verdict": "none",
-                               "reported_at": pd.Timestamp("2026-11-01")},
-                              {"source": "partner_api", "batch_id": "b7", "verdict": "drift",
-                               "reported_at": pd.Timestamp.now("UTC").tz_localize(None)}])
+    write_verdicts(
+        tmp_path,
+        [
+            {"source": "field_app", "batch_id": "b1", "verdict": "none", "reported_at": pd.Timestamp("2026-11-01")},
+            {
+                "source": "partner_api",
+                "batch_id": "b7",
+                "verdict": "drift",
+                "reported_at": pd.Timestamp.now("UTC").tz_localize(None),
+            },
+        ],
+    )
     result, _ = tick(retraining_trigger, instance, resources, cursor="2026-11-02T00:00:00")
     [run] = requests_of(result)
     assert "partner_api/b7" in run.tags["dc/retrain_reason"]
@@ -160,8 +180,12 @@ def alert_on(pipeline, result, alerts: Alerts) -> None:
     run = pipeline.instance.get_run_by_id(result.run_id)
     failure = next(e for e in pipeline.instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE))
     context = build_run_status_sensor_context(
-        sensor_name="run_failure_alerts", dagster_event=failure.dagster_event, dagster_instance=pipeline.instance,
-        dagster_run=run, resources={"alerts": alerts})
+        sensor_name="run_failure_alerts",
+        dagster_event=failure.dagster_event,
+        dagster_instance=pipeline.instance,
+        dagster_run=run,
+        resources={"alerts": alerts},
+    )
     run_failure_alerts(context.for_run_failure())
 
 
@@ -194,8 +218,9 @@ def test_an_alert_is_posted_even_when_the_alert_store_fails(pipeline, webhook):
 
 def test_batches_ingested_by_another_path_are_not_requested_again(pipeline):
     assert pipeline.ingest("field_app", "batch-0001").success  # as `dc-pipeline materialize` or the UI would
-    result = build_landing_sensor(SOURCES)(build_sensor_context(instance=pipeline.instance,
-                                                                resources=pipeline.resources))
+    result = build_landing_sensor(SOURCES)(
+        build_sensor_context(instance=pipeline.instance, resources=pipeline.resources)
+    )
     requested = {(r.job_name, r.partition_key) for r in result.run_requests}
     assert ("ingest_field_app", "batch-0001") not in requested
     assert ("ingest_field_app", "batch-0002") in requested

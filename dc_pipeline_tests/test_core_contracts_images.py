@@ -25,19 +25,29 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("source,raw,expected", [
-    ("partner_api", "seven", (7, None)), ("partner_api", " Seven ", (7, None)), ("partner_api", 3, (3, None)),
-    ("partner_api", "eleven", (None, "unknown_label")), ("partner_api", None, (None, "missing_label")),
-    ("partner_api", "12", (None, "unknown_label")),
-    ("legacy_erp", "D7", (7, None)), ("legacy_erp", "7", (None, "unknown_label")),
-    ("field_app", "4", (4, None)), ("field_app", "", (None, "missing_label")),
-])
+@pytest.mark.parametrize(
+    "source,raw,expected",
+    [
+        ("partner_api", "seven", (7, None)),
+        ("partner_api", " Seven ", (7, None)),
+        ("partner_api", 3, (3, None)),
+        ("partner_api", "eleven", (None, "unknown_label")),
+        ("partner_api", None, (None, "missing_label")),
+        ("partner_api", "12", (None, "unknown_label")),
+        ("legacy_erp", "D7", (7, None)),
+        ("legacy_erp", "7", (None, "unknown_label")),
+        ("field_app", "4", (4, None)),
+        ("field_app", "", (None, "missing_label")),
+    ],
+)
 def test_label_vocabularies(source, raw, expected):
     assert normalize_label(raw, CONTRACTS[source], CLASSES) == expected
 
 
 def test_timestamps_are_parsed_to_utc_per_contract():
-    assert parse_timestamp("2026-10-08T21:51:02-05:00", CONTRACTS["field_app"]).isoformat() == "2026-10-09T02:51:02+00:00"
+    assert (
+        parse_timestamp("2026-10-08T21:51:02-05:00", CONTRACTS["field_app"]).isoformat() == "2026-10-09T02:51:02+00:00"
+    )
     assert parse_timestamp("2026-10-08T21:51:02", CONTRACTS["field_app"]) is None, "no offset, ambiguous"
     assert parse_timestamp(1792565865000, CONTRACTS["partner_api"]).isoformat() == "2026-10-21T06:57:45+00:00"
     assert parse_timestamp("31/12/2026", CONTRACTS["legacy_erp"]).isoformat() == "2026-12-31T00:00:00+00:00"
@@ -65,10 +75,14 @@ def test_image_validation_reasons():
 
 def test_decompression_bomb_is_refused_before_decoding():
     """A tiny PNG whose header claims 50,000 x 50,000 pixels is refused from its header alone."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    bomb = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageRejected) as info:
         inspect_image(bomb, CONTRACTS.project)
     assert info.value.reason == "image_too_large"
@@ -84,10 +98,16 @@ def test_object_store_is_content_addressed_and_never_overwrites(tmp_path):
 
 
 def test_definitions_import_without_heavy_libraries():
-    code = ("import sys, dc_pipeline.definitions as d; d.defs().resolve_asset_graph(); "
-            "heavy = [m for m in ('torch', 'torchvision', 'great_expectations', 'sklearn') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1],
-                         env={"DC_DATA_DIR": "/tmp/x", "DC_WAREHOUSE": "/tmp/x/w.duckdb", "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys, dc_pipeline.definitions as d; d.defs().resolve_asset_graph(); "
+        "heavy = [m for m in ('torch', 'torchvision', 'great_expectations', 'sklearn') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={"DC_DATA_DIR": "/tmp/x", "DC_WAREHOUSE": "/tmp/x/w.duckdb", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr

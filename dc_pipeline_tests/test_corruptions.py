@@ -70,8 +70,7 @@ def test_random_corruptions_depend_on_seed(digits28: np.ndarray) -> None:
 def test_severity_monotone_on_average(digits28: np.ndarray) -> None:
     """Averaged over all corruptions, each severity moves the images further from the clean ones."""
     mean_diff = [
-        np.mean([np.abs(corrupt(digits28, n, s, seed=3) - digits28).mean() for n in CORRUPTIONS])
-        for s in SEVERITIES
+        np.mean([np.abs(corrupt(digits28, n, s, seed=3) - digits28).mean() for n in CORRUPTIONS]) for s in SEVERITIES
     ]
     assert all(b > a for a, b in zip(mean_diff, mean_diff[1:])), mean_diff
 

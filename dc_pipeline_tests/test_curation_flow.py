@@ -33,10 +33,13 @@ def test_review_queue_finds_the_injected_flips(looped):
     queue = looped.sql("SELECT * FROM curation.review_queue ORDER BY rank")
     assert len(queue) > 10 and queue["rank"].tolist() == list(range(1, len(queue) + 1))
     assert (queue.given_label != queue.suggested_label).all()
-    md = looped.instance.get_latest_materialization_event(AssetKey(["curation", "label_issues"])) \
-        .asset_materialization.metadata
+    md = looped.instance.get_latest_materialization_event(
+        AssetKey(["curation", "label_issues"])
+    ).asset_materialization.metadata
     assert md["precision_vs_known"].value >= 0.5 and md["recall_vs_known"].value >= 0.5, (
-        md["precision_vs_known"].value, md["recall_vs_known"].value)
+        md["precision_vs_known"].value,
+        md["recall_vs_known"].value,
+    )
     assert "data:image/png;base64," in md["preview"].value
 
 
@@ -61,8 +64,9 @@ def test_reviews_become_a_curated_dataset_version_with_lineage(looped):
     pd.testing.assert_frame_equal(raw_before, looped.sql("SELECT * FROM raw.field_app ORDER BY batch_id, row_number"))
     # the found flips no longer show up as issues once relabelled
     assert looped.refresh(selection=[AssetKey(["curation", "label_issues"])], run_config={}).success
-    after = looped.instance.get_latest_materialization_event(AssetKey(["curation", "label_issues"])) \
-        .asset_materialization.metadata
+    after = looped.instance.get_latest_materialization_event(
+        AssetKey(["curation", "label_issues"])
+    ).asset_materialization.metadata
     assert after["known_wrong_labels"].value < counts["relabel"]
 
 
@@ -71,15 +75,25 @@ def test_latest_decision_wins_and_bad_decisions_are_quarantined(looped):
     sha = shas[0]
     base = {"image_sha256": sha, "reviewer": "ana", "reason": "checked"}
     when = "2026-11-19T10:00:00+00:00"
-    late = deliver(looped, "review-late", [{**base, "decision": "relabel", "new_label": 3,
-                                            "decided_at": "2026-11-20T10:00:00+00:00"}])
-    confirms = [{**base, "image_sha256": s, "decision": "confirm", "new_label": None, "decided_at": when}
-                for s in shas[4:]]
-    early = deliver(looped, "review-early", confirms + [
-        {**base, "decision": "exclude", "new_label": None, "decided_at": when},
-        {**base, "image_sha256": "f" * 64, "decision": "confirm", "new_label": None, "decided_at": when},
-        {**base, "image_sha256": shas[1], "decision": "delete", "new_label": None, "decided_at": when},
-        {**base, "image_sha256": shas[2], "decision": "relabel", "new_label": 42, "decided_at": when}])
+    late = deliver(
+        looped,
+        "review-late",
+        [{**base, "decision": "relabel", "new_label": 3, "decided_at": "2026-11-20T10:00:00+00:00"}],
+    )
+    confirms = [
+        {**base, "image_sha256": s, "decision": "confirm", "new_label": None, "decided_at": when} for s in shas[4:]
+    ]
+    early = deliver(
+        looped,
+        "review-early",
+        confirms
+        + [
+            {**base, "decision": "exclude", "new_label": None, "decided_at": when},
+            {**base, "image_sha256": "f" * 64, "decision": "confirm", "new_label": None, "decided_at": when},
+            {**base, "image_sha256": shas[1], "decision": "delete", "new_label": None, "decided_at": when},
+            {**base, "image_sha256": shas[2], "decision": "relabel", "new_label": 42, "decided_at": when},
+        ],
+    )
     assert late.success and early.success
     assert looped.refresh_data().success
     q = looped.sql("SELECT batch_id, reason FROM clean.quarantine WHERE source = 'reviews'")
@@ -93,10 +107,21 @@ def test_latest_decision_wins_and_bad_decisions_are_quarantined(looped):
 
 def test_a_review_batch_failing_its_contract_is_quarantined(looped):
     sha = looped.sql("SELECT sha256 FROM clean.images ORDER BY image_id LIMIT 1 OFFSET 1").sha256.item()
-    result = deliver(looped, "review-bad", [{"image_sha256": sha, "decision": "exclude", "new_label": None,
-                                            "reviewer": "bo", "reason": "blurry",
-                                            "decided_at": "2026-11-21T10:00:00+00:00"}],
-                     extra_columns={"approved_by": "nobody"})
+    result = deliver(
+        looped,
+        "review-bad",
+        [
+            {
+                "image_sha256": sha,
+                "decision": "exclude",
+                "new_label": None,
+                "reviewer": "bo",
+                "reason": "blurry",
+                "decided_at": "2026-11-21T10:00:00+00:00",
+            }
+        ],
+        extra_columns={"approved_by": "nobody"},
+    )
     assert not result.success
     assert looped.refresh_data().success
     q = looped.sql("SELECT reason, detail FROM clean.quarantine WHERE batch_id = 'review-bad'")
@@ -112,8 +137,14 @@ def test_slice_analysis_is_materialized(looped):
 
 
 def test_latest_decisions_orders_by_decision_time_then_delivery():
-    d = pd.DataFrame({"sha256": ["a", "a", "a", "b"], "decision": ["confirm", "relabel", "exclude", "confirm"],
-                      "decided_at": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-03", "2026-01-01"]),
-                      "batch_id": ["r1", "r1", "r2", "r1"], "row_number": [0, 1, 0, 2]})
+    d = pd.DataFrame(
+        {
+            "sha256": ["a", "a", "a", "b"],
+            "decision": ["confirm", "relabel", "exclude", "confirm"],
+            "decided_at": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-03", "2026-01-01"]),
+            "batch_id": ["r1", "r1", "r2", "r1"],
+            "row_number": [0, 1, 0, 2],
+        }
+    )
     latest = latest_decisions(d).set_index("sha256")["decision"]
     assert latest.to_dict() == {"a": "exclude", "b": "confirm"}

@@ -130,8 +130,11 @@ def test_same_seed_gives_the_same_records_whatever_the_batch_id(tmp_path):
 
 def test_other_sources_and_drifts_draw_other_digits():
     """Otherwise a batch per source (or per drift) with one seed would be all cross-batch duplicates."""
-    draws = {(source, drift): {r["_digit_index"] for r in build_demo_batch(source, 50, drift, seed=1)}
-             for source in SOURCES for drift in ("none", "schema_rename")}
+    draws = {
+        (source, drift): {r["_digit_index"] for r in build_demo_batch(source, 50, drift, seed=1)}
+        for source in SOURCES
+        for drift in ("none", "schema_rename")
+    }
     for a in draws:
         for b in draws:
             if a != b:
@@ -161,8 +164,11 @@ def test_record_ids_do_not_collide_with_the_initial_batches_or_each_other(tmp_pa
 
     for source in SOURCES:
         initial = set().union(*(ids(source, landing / s / b) for s, b, _ in INITIAL_BATCHES if s == source))
-        new = [ids(source, write_demo_batch(landing, source, 40, drift, seed=seed))
-               for drift in ("none", "rotate", "label_shift") for seed in (0, 1)]
+        new = [
+            ids(source, write_demo_batch(landing, source, 40, drift, seed=seed))
+            for drift in ("none", "rotate", "label_shift")
+            for seed in (0, 1)
+        ]
         assert all(len(ids_) == 40 and not ids_ & initial for ids_ in new)
         assert len(set().union(*new)) == 40 * len(new), "batches of other seeds or drifts use other ids"
 

@@ -49,7 +49,7 @@ class Digits:
     def split(self, seed: int):
         """Disjoint reference / test / batch indices."""
         perm = np.random.default_rng(seed).permutation(len(self.y))
-        return perm[:N_REF], perm[N_REF:N_REF + N_TEST], perm[N_REF + N_TEST:]
+        return perm[:N_REF], perm[N_REF : N_REF + N_TEST], perm[N_REF + N_TEST :]
 
     def report(self, seed: int, transform=None, batch_filter=None, **kwargs):
         ref, test, rest = self.split(seed)
@@ -67,10 +67,20 @@ class Digits:
 
         ec = self.embed(xc)
         return drift_report(
-            image_statistics(self.x[ref]), image_statistics(xc), er, ec,
-            ref_probs=probs(self.embed(self.x[test])), cur_probs=probs(ec),
-            ref_labels=self.y[ref], cur_labels=self.y[cur], ref_sources=self.sources[ref],
-            cur_sources=self.sources[cur], test_labels=self.y[test], seed=seed, **kwargs)
+            image_statistics(self.x[ref]),
+            image_statistics(xc),
+            er,
+            ec,
+            ref_probs=probs(self.embed(self.x[test])),
+            cur_probs=probs(ec),
+            ref_labels=self.y[ref],
+            cur_labels=self.y[cur],
+            ref_sources=self.sources[ref],
+            cur_sources=self.sources[cur],
+            test_labels=self.y[test],
+            seed=seed,
+            **kwargs,
+        )
 
 
 def rotate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -119,8 +129,9 @@ def _naive_mmd2(x, y, sigma):
 
     m, n = len(x), len(y)
     kxx, kyy = k(x, x), k(y, y)
-    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-            - 2 * k(x, y).mean())
+    return (
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * k(x, y).mean()
+    )
 
 
 def test_mmd_matches_the_unbiased_estimator_and_detects_a_shift():
@@ -216,9 +227,19 @@ def test_feature_drift_applies_holm_over_the_features():
 
 def _features(drifted_psi: list[float]) -> pd.DataFrame:
     n = len(STAT_COLUMNS)
-    table = pd.DataFrame({"ks_statistic": 0.0, "p_value": 1.0, "p_adjusted": 1.0, "wasserstein_std": 0.0,
-                          "psi": 0.01, "ref_mean": 0.0, "cur_mean": 0.0, "drifted": False},
-                         index=pd.Index(STAT_COLUMNS, name="feature"))
+    table = pd.DataFrame(
+        {
+            "ks_statistic": 0.0,
+            "p_value": 1.0,
+            "p_adjusted": 1.0,
+            "wasserstein_std": 0.0,
+            "psi": 0.01,
+            "ref_mean": 0.0,
+            "cur_mean": 0.0,
+            "drifted": False,
+        },
+        index=pd.Index(STAT_COLUMNS, name="feature"),
+    )
     for i, value in enumerate(drifted_psi[:n]):
         table.iloc[i, table.columns.get_loc("p_adjusted")] = 1e-8
         table.iloc[i, table.columns.get_loc("psi")] = value
@@ -283,8 +304,13 @@ def test_markdown_html_and_plots(digits):
     report = digits.report(0, rotate)
     ref, _, rest = digits.split(0)
     cur_stats = image_statistics(rotate(digits.x[rest[:N_CUR]], np.random.default_rng(0)))
-    plots = drift_plots(image_statistics(digits.x[ref]), cur_stats, np.random.default_rng(0).beta(8, 1, 300),
-                        np.random.default_rng(1).beta(3, 1, 200), table=report.features)
+    plots = drift_plots(
+        image_statistics(digits.x[ref]),
+        cur_stats,
+        np.random.default_rng(0).beta(8, 1, 300),
+        np.random.default_rng(1).beta(3, 1, 200),
+        table=report.features,
+    )
     assert set(plots) == {"features", "confidence"}
     assert all(png.startswith(b"\x89PNG") for png in plots.values())
     page = report.html(plots)

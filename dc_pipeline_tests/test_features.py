@@ -50,8 +50,12 @@ def test_demo_dataset_version(demo):
     train = index[index.split == "train"].sort_values("position")
     assert (y == train["label"].to_numpy()).all()
     assert set(json.loads(current["upstream_batches"])) == {
-        "field_app/batch-0001", "field_app/batch-0002", "partner_api/batch-0001", "partner_api/batch-0002",
-        "legacy_erp/batch-0001"}
+        "field_app/batch-0001",
+        "field_app/batch-0002",
+        "partner_api/batch-0001",
+        "partner_api/batch-0002",
+        "legacy_erp/batch-0001",
+    }
     stats = demo.sql("SELECT * FROM features.image_stats")
     assert len(stats) == len(images) and stats["mean_intensity"].between(0, 1).all()
 

@@ -9,8 +9,14 @@ from dc_pipeline.demo.landing import FAULTS
 def test_every_check_is_green_on_the_demo(demo):
     result = demo.refresh_result
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {"accounting": True, "clean_expectations": True, "class_balance": True,
-                           "feature_expectations": True, "label_preservation": True, "promotion_gate": True}
+    assert evaluations == {
+        "accounting": True,
+        "clean_expectations": True,
+        "class_balance": True,
+        "feature_expectations": True,
+        "label_preservation": True,
+        "promotion_gate": True,
+    }
     gate = demo.sql("SELECT * FROM raw.batch_gate")
     assert len(gate) == 2 * 5 and gate["passed"].all()
 
@@ -22,8 +28,11 @@ def test_each_injected_fault_is_quarantined_with_its_reason(demo, fault):
     assert len(injected) >= 2, "the demo must inject this fault"
     quarantine = demo.sql("SELECT source, batch_id, record_id, reason, detail FROM clean.quarantine")
     for row in injected.itertuples():
-        hit = quarantine[(quarantine.source == row.source) & (quarantine.batch_id == row.batch_id)
-                         & (quarantine.record_id == row.record_id)]
+        hit = quarantine[
+            (quarantine.source == row.source)
+            & (quarantine.batch_id == row.batch_id)
+            & (quarantine.record_id == row.record_id)
+        ]
         assert list(hit["reason"].unique()) == [row.expected], (fault, row.record_id, hit)
         assert hit["detail"].str.len().min() > 5
 
@@ -45,12 +54,18 @@ def test_cross_source_duplicates_are_kept_once_with_lineage(demo):
 def test_every_manifest_record_is_accounted_for(demo):
     evaluation = next(e for e in demo.refresh_result.get_asset_check_evaluations() if e.check_name == "accounting")
     assert evaluation.passed
-    raw = pd.concat([demo.sql(f"SELECT source, batch_id, row_number FROM raw.{s}")
-                     for s in ("field_app", "partner_api", "legacy_erp")])
-    placed = pd.concat([
-        demo.sql("SELECT source, batch_id, row_number FROM clean.lineage"),
-        demo.sql("SELECT source, batch_id, row_number FROM clean.quarantine"),
-    ])
+    raw = pd.concat(
+        [
+            demo.sql(f"SELECT source, batch_id, row_number FROM raw.{s}")
+            for s in ("field_app", "partner_api", "legacy_erp")
+        ]
+    )
+    placed = pd.concat(
+        [
+            demo.sql("SELECT source, batch_id, row_number FROM clean.lineage"),
+            demo.sql("SELECT source, batch_id, row_number FROM clean.quarantine"),
+        ]
+    )
     assert len(placed) == len(raw) == 1348 + 15  # initial digits + cross-source copies
     assert not placed.duplicated().any(), "a record may end in exactly one place"
     merged = raw.merge(placed.astype({"row_number": "int64"}), how="left", indicator=True)
@@ -62,7 +77,10 @@ def test_clean_images_are_canonical(demo):
     assert images["image_id"].is_unique and images["sha256"].is_unique
     assert set(images["label"]) == set(range(10))
     assert set(zip(images.source, images.width, images.channels)) == {
-        ("field_app", 8, 1), ("legacy_erp", 8, 1), ("partner_api", 16, 3)}
+        ("field_app", 8, 1),
+        ("legacy_erp", 8, 1),
+        ("partner_api", 16, 3),
+    }
     assert str(images["captured_at"].dtype).startswith("datetime64")
     assert images["captured_at"].min() >= pd.Timestamp("2026-09-01")
 
@@ -71,6 +89,7 @@ def test_raw_rows_carry_provenance(demo):
     raw = demo.sql("SELECT * FROM raw.partner_api WHERE batch_id = 'batch-0001'")
     manifest = demo.landing / "partner_api" / "batch-0001" / "manifest.jsonl"
     import hashlib
+
     assert set(raw["manifest_sha256"]) == {hashlib.sha256(manifest.read_bytes()).hexdigest()}
     assert set(raw["manifest_file"]) == {"manifest.jsonl"}
     assert sorted(raw["row_number"]) == list(range(len(manifest.read_text().splitlines())))
@@ -91,8 +110,9 @@ def test_rematerializing_a_partition_replaces_its_rows(pipeline):
     after = pipeline.sql("SELECT * FROM raw.field_app")
     assert len(after) == 300 + 260
     again = after[after.batch_id == "batch-0001"].drop(columns=["ingested_at"])
-    pd.testing.assert_frame_equal(before.sort_values("row_number").reset_index(drop=True),
-                                  again.sort_values("row_number").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        before.sort_values("row_number").reset_index(drop=True), again.sort_values("row_number").reset_index(drop=True)
+    )
     assert pipeline.refresh_data().success
     first = pipeline.sql("SELECT * FROM clean.images ORDER BY image_id")
     assert pipeline.refresh_data().success

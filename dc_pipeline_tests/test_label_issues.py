@@ -16,18 +16,20 @@ from dc_pipeline.core.curation.label_issues import (
 
 # A hand-computed example: 3 classes, 10 examples.
 TINY_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
-TINY_PROBS = np.array([
-    [0.90, 0.05, 0.05],  # 0: confident 0
-    [0.70, 0.20, 0.10],  # 1: confident 0
-    [0.10, 0.80, 0.10],  # 2: confident 1 (labelled 0)
-    [0.50, 0.45, 0.05],  # 3: confident in no class: not counted
-    [0.10, 0.80, 0.10],  # 4: confident 1
-    [0.60, 0.35, 0.05],  # 5: confident 0 (labelled 1)
-    [0.05, 0.65, 0.30],  # 6: confident 1
-    [0.10, 0.20, 0.70],  # 7: confident 2
-    [0.00, 0.90, 0.10],  # 8: confident 1 (labelled 2)
-    [0.56, 0.00, 0.44],  # 9: confident in 0 and 2, 0 is more probable (labelled 2)
-])
+TINY_PROBS = np.array(
+    [
+        [0.90, 0.05, 0.05],  # 0: confident 0
+        [0.70, 0.20, 0.10],  # 1: confident 0
+        [0.10, 0.80, 0.10],  # 2: confident 1 (labelled 0)
+        [0.50, 0.45, 0.05],  # 3: confident in no class: not counted
+        [0.10, 0.80, 0.10],  # 4: confident 1
+        [0.60, 0.35, 0.05],  # 5: confident 0 (labelled 1)
+        [0.05, 0.65, 0.30],  # 6: confident 1
+        [0.10, 0.20, 0.70],  # 7: confident 2
+        [0.00, 0.90, 0.10],  # 8: confident 1 (labelled 2)
+        [0.56, 0.00, 0.44],  # 9: confident in 0 and 2, 0 is more probable (labelled 2)
+    ]
+)
 # t_0 = (.9+.7+.1+.5)/4 = .55, t_1 = (.8+.35+.65)/3 = .6, t_2 = (.7+.1+.44)/3 = .41333
 TINY_RAW = np.array([[2, 1, 0], [1, 2, 0], [1, 1, 1]])
 # row 0 scaled to its 4 examples: [2.67, 1.33, 0] -> [3, 1, 0]; rows 1 and 2 already sum to 3

@@ -52,9 +52,7 @@ def test_rms_calibration_error_hand_computed() -> None:
     # cerr = 2/6 * (0.0625 + 0.0025 + 0.01) = 0.025 -> sqrt = 0.158114
     assert rms_calibration_error(CONF, CORRECT, bin_size=2) == pytest.approx(math.sqrt(0.025))
     # reference loop leaves out the last bin: 2/6 * (0.0625 + 0.0025) = 0.021667 -> 0.147196
-    assert rms_calibration_error(CONF, CORRECT, bin_size=2, drop_last_bin=True) == pytest.approx(
-        math.sqrt(0.065 / 3)
-    )
+    assert rms_calibration_error(CONF, CORRECT, bin_size=2, drop_last_bin=True) == pytest.approx(math.sqrt(0.065 / 3))
     # bin_size=4: 6 // 4 = 1 bin, widened to all six samples: conf 3.4/6, acc 4/6 -> |diff| = 0.1
     assert rms_calibration_error(CONF, CORRECT, bin_size=4) == pytest.approx(0.1)
     assert rms_calibration_error(CONF, CORRECT, bin_size=4, drop_last_bin=True) == 0.0

@@ -19,9 +19,11 @@ def schema_of(conn, tables) -> dict[str, list[tuple[str, str]]]:
     out = {}
     for t in tables:
         schema, name = t.name.split(".")
-        out[t.name] = conn.execute("SELECT column_name, data_type FROM information_schema.columns WHERE "
-                                   "table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-                                   [schema, name]).fetchall()
+        out[t.name] = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE "
+            "table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [schema, name],
+        ).fetchall()
     return out
 
 
@@ -46,13 +48,19 @@ def release_0_1_warehouse(path: Path, old_data_dir: str) -> None:
     """A warehouse with release 0.1's tables (types from its first DataFrames, absolute paths)."""
     with duckdb.connect(str(path)) as conn:
         conn.execute(RELEASE_0_1.read_text())
-        conn.execute("INSERT INTO registry.models (version_id, kind, weights_sha256, weights_path, dataset_hash) "
-                     "VALUES ('augmix-abc', 'augmix', 'sha', ?, 'd')",
-                     [f"{old_data_dir}/artifacts/models/augmix-abc/weights.safetensors"])
-        conn.execute("INSERT INTO features.dataset_versions (dataset_hash, path, is_current) VALUES (?, ?, true)",
-                     ["d" * 64, f"{old_data_dir}/datasets/{'d' * 64}"])
-        conn.execute("INSERT INTO clean.images (image_id, sha256, label, captured_at) "
-                     "VALUES ('fa-1', 'abc', 3, TIMESTAMP_NS '2026-01-02 03:04:05')")
+        conn.execute(
+            "INSERT INTO registry.models (version_id, kind, weights_sha256, weights_path, dataset_hash) "
+            "VALUES ('augmix-abc', 'augmix', 'sha', ?, 'd')",
+            [f"{old_data_dir}/artifacts/models/augmix-abc/weights.safetensors"],
+        )
+        conn.execute(
+            "INSERT INTO features.dataset_versions (dataset_hash, path, is_current) VALUES (?, ?, true)",
+            ["d" * 64, f"{old_data_dir}/datasets/{'d' * 64}"],
+        )
+        conn.execute(
+            "INSERT INTO clean.images (image_id, sha256, label, captured_at) "
+            "VALUES ('fa-1', 'abc', 3, TIMESTAMP_NS '2026-01-02 03:04:05')"
+        )
 
 
 def test_a_release_0_1_warehouse_is_migrated_in_place(tmp_path):
@@ -66,12 +74,25 @@ def test_a_release_0_1_warehouse_is_migrated_in_place(tmp_path):
         # rows survive, with their declared types
         assert conn.execute("SELECT image_id, label, captured_at FROM clean.images").fetchall()[0][:2] == ("fa-1", 3)
         # an empty-frame write from release 0.1 no longer decides the types: decisions insert cleanly
-        append_rows(conn, T.REVIEW_DECISIONS, pd.DataFrame([{"sha256": "abc", "decision": "relabel",
-                                                             "new_label": 4, "reviewer": "r",
-                                                             "decided_at": pd.Timestamp("2026-01-01")}]))
+        append_rows(
+            conn,
+            T.REVIEW_DECISIONS,
+            pd.DataFrame(
+                [
+                    {
+                        "sha256": "abc",
+                        "decision": "relabel",
+                        "new_label": 4,
+                        "reviewer": "r",
+                        "decided_at": pd.Timestamp("2026-01-01"),
+                    }
+                ]
+            ),
+        )
         assert conn.execute("SELECT new_label FROM clean.review_decisions").fetchall() == [(4,)]
-        paths = conn.execute("SELECT weights_path FROM registry.models UNION ALL "
-                             "SELECT path FROM features.dataset_versions").fetchall()
+        paths = conn.execute(
+            "SELECT weights_path FROM registry.models UNION ALL SELECT path FROM features.dataset_versions"
+        ).fetchall()
     assert sorted(p for (p,) in paths) == ["artifacts/models/augmix-abc/weights.safetensors", f"datasets/{'d' * 64}"]
 
 
@@ -97,15 +118,31 @@ def test_the_alerts_table_of_release_0_1_is_retyped(tmp_path):
     """Release 0.1 typed ``partition`` from the first alert: NULL for an unpartitioned run."""
     db = tmp_path / "alerts.duckdb"
     with duckdb.connect(str(db)) as conn:
-        conn.execute("CREATE TABLE main.run_failures AS SELECT TIMESTAMP '2026-01-01' AS failed_at, 'r1' AS run_id, "
-                     "'refresh_downstream' AS job_name, NULL AS partition, 'boom' AS message")
+        conn.execute(
+            "CREATE TABLE main.run_failures AS SELECT TIMESTAMP '2026-01-01' AS failed_at, 'r1' AS run_id, "
+            "'refresh_downstream' AS job_name, NULL AS partition, 'boom' AS message"
+        )
     with connect(db, None, migrations=ALERTS) as conn:
         assert schema_of(conn, ALERT_TABLES) == declared(ALERT_TABLES)
-        append_rows(conn, T.RUN_FAILURES, pd.DataFrame([{"failed_at": pd.Timestamp("2026-01-02"), "run_id": "r2",
-                                                         "job_name": "ingest_field_app", "partition": "batch-1",
-                                                         "message": "x"}]))
+        append_rows(
+            conn,
+            T.RUN_FAILURES,
+            pd.DataFrame(
+                [
+                    {
+                        "failed_at": pd.Timestamp("2026-01-02"),
+                        "run_id": "r2",
+                        "job_name": "ingest_field_app",
+                        "partition": "batch-1",
+                        "message": "x",
+                    }
+                ]
+            ),
+        )
         assert conn.execute("SELECT run_id, partition FROM main.run_failures ORDER BY failed_at").fetchall() == [
-            ("r1", None), ("r2", "batch-1")]
+            ("r1", None),
+            ("r2", "batch-1"),
+        ]
 
 
 def test_a_data_folder_moved_elsewhere_keeps_working(tmp_path):
@@ -142,14 +179,22 @@ def test_a_data_folder_moved_elsewhere_keeps_working(tmp_path):
     moved = Pipeline(data=new_dir, instance=DagsterInstance.ephemeral(), resources=resources_for(new_dir))
     write_demo_batch(moved.landing, "partner_api", 60, "none", seed=4, batch_id="batch-after-move")
     assert moved.ingest("partner_api", "batch-after-move").success
-    lenient = {"first_max_clean_error": 0.6, "first_max_mce": 0.9, "first_max_rms_calibration": 0.6,
-               "mce_relative_margin": -10.0, "max_clean_error_increase": 1.0, "calibration_tolerance": 1.0}
+    lenient = {
+        "first_max_clean_error": 0.6,
+        "first_max_mce": 0.9,
+        "first_max_rms_calibration": 0.6,
+        "mce_relative_margin": -10.0,
+        "max_clean_error_increase": 1.0,
+        "calibration_tolerance": 1.0,
+    }
     assert moved.refresh(run_config=tiny_run_config(seed=1, gate=lenient)).success  # a new champion, after the move
     scored = moved.defs.resolve_job_def("ingest_partner_api").execute_in_process(
-        instance=moved.instance, partition_key="batch-after-move", asset_selection=[scores_key("partner_api")])
+        instance=moved.instance, partition_key="batch-after-move", asset_selection=[scores_key("partner_api")]
+    )
     assert scored.success
-    stored = moved.sql("SELECT weights_path AS p FROM registry.models UNION ALL "
-                       "SELECT path FROM features.dataset_versions")["p"]
+    stored = moved.sql(
+        "SELECT weights_path AS p FROM registry.models UNION ALL SELECT path FROM features.dataset_versions"
+    )["p"]
     assert not any(str(tmp_path / "old") in p for p in stored) and all(not p.startswith("/") for p in stored)
     assert moved.sql("SELECT count(*) AS n FROM clean.images WHERE batch_id = 'batch-after-move'").n.item() > 0
     probs = load_model("champion", data_dir=new_dir).predict_proba(np.zeros((2, 8, 8), np.uint8))

@@ -18,8 +18,11 @@ def run_sensor_requests(pipeline, result):
     outcomes = []
     for request in result.run_requests:
         job = pipeline.defs.resolve_job_def(request.job_name)
-        outcomes.append(job.execute_in_process(partition_key=request.partition_key, instance=pipeline.instance,
-                                               tags=request.tags, raise_on_error=False))
+        outcomes.append(
+            job.execute_in_process(
+                partition_key=request.partition_key, instance=pipeline.instance, tags=request.tags, raise_on_error=False
+            )
+        )
     return outcomes
 
 
@@ -55,8 +58,11 @@ def test_drifted_batch_is_ingested_scored_reported_and_triggers_retraining(pipel
     summary = pipeline.sql("SELECT * FROM scoring.batch_summary WHERE batch_id = ?", [rotated.name]).iloc[0]
     assert summary.review_queue == (scores.routing == "human_review").sum()
 
-    trigger = retraining_trigger(build_sensor_context(
-        instance=pipeline.instance, resources={**resources, "retrain_policy": RetrainPolicy(new_data_share=0.99)}))
+    trigger = retraining_trigger(
+        build_sensor_context(
+            instance=pipeline.instance, resources={**resources, "retrain_policy": RetrainPolicy(new_data_share=0.99)}
+        )
+    )
     assert not isinstance(trigger, SkipReason) and len(trigger.run_requests) == 1
     assert rotated.name in trigger.run_requests[0].tags["dc/retrain_reason"]
 

@@ -19,9 +19,16 @@ def weights(seed):
 
 
 def register(registry, seed, kind="augmix"):
-    return registry.register(kind, weights(seed), dataset_hash="d" * 64,
-                             code={"commit": "abc", "dirty": False, "label": "abc"}, config={"lr": 0.1},
-                             seed=seed, model_spec={"classes": [0, 1]}, run_id="run-1")
+    return registry.register(
+        kind,
+        weights(seed),
+        dataset_hash="d" * 64,
+        code={"commit": "abc", "dirty": False, "label": "abc"},
+        config={"lr": 0.1},
+        seed=seed,
+        model_spec={"classes": [0, 1]},
+        run_id="run-1",
+    )
 
 
 def test_register_is_content_addressed_and_keeps_lineage(registry):
@@ -54,8 +61,9 @@ def test_alias_moves_are_recorded(registry):
     assert not registry.set_alias("champion", a, "again"), "no move, no history row"
     assert registry.set_alias("champion", b, "better")
     assert registry.get("champion")["version_id"] == b
-    history = registry.conn.execute("SELECT from_version, to_version, reason FROM registry.alias_history "
-                                    "ORDER BY moved_at").fetchall()
+    history = registry.conn.execute(
+        "SELECT from_version, to_version, reason FROM registry.alias_history ORDER BY moved_at"
+    ).fetchall()
     assert history == [(None, a, "first"), (a, b, "better")]
 
 

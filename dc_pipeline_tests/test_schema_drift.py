@@ -47,9 +47,11 @@ def drifted_batches(pipeline):
     table = pq.read_table(retyped / "manifest.parquet")
     ids = pa.array([f"R{v}" for v in table.column("RECORD_ID").to_pylist()])
     pq.write_table(table.set_column(0, "RECORD_ID", ids), retyped / "manifest.parquet")
-    return [("field_app", "batch-unknown-col", "unknown column 'operator'"),
-            ("field_app", "batch-missing-col", "required column 'captured_at' is missing"),
-            ("legacy_erp", "batch-retyped", "column 'RECORD_ID' has type ['string']")]
+    return [
+        ("field_app", "batch-unknown-col", "unknown column 'operator'"),
+        ("field_app", "batch-missing-col", "required column 'captured_at' is missing"),
+        ("legacy_erp", "batch-retyped", "column 'RECORD_ID' has type ['string']"),
+    ]
 
 
 def test_unknown_missing_and_retyped_columns_block_the_batch(pipeline):

@@ -36,16 +36,18 @@ def test_env_file_values_are_relative_to_the_file(tmp_path):
 
 def test_exported_variables_win_over_the_env_file(tmp_path):
     write_env(tmp_path, DC_DATA_DIR="from-file", DC_WAREHOUSE="from-file/w.duckdb", DC_ALERT_WEBHOOK="http://file")
-    s = load_settings(environ={"DC_DATA_DIR": str(tmp_path / "exported"), "DC_ALERT_WEBHOOK": "http://exported"},
-                      cwd=tmp_path)
+    s = load_settings(
+        environ={"DC_DATA_DIR": str(tmp_path / "exported"), "DC_ALERT_WEBHOOK": "http://exported"}, cwd=tmp_path
+    )
     assert s.data_dir == tmp_path / "exported"
     assert s.alert_webhook == "http://exported"
     assert s.warehouse_path == tmp_path / "from-file" / "w.duckdb", "what is not exported still comes from .env"
 
 
 def run_python(code: str, cwd: Path, env: dict) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
-                         env={"PATH": "/usr/bin:/bin", **env})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin", **env}
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -56,8 +58,7 @@ def test_every_entry_point_sees_the_same_settings(tmp_path):
     env = {"DC_DATA_DIR": str(tmp_path / "exported")}
     cli = run_python("from dc_pipeline.cli import main; main(['settings'])", tmp_path, env)
     api = run_python("from dc_pipeline.api import data_paths; print(data_paths()[0])", tmp_path, env)
-    defs = run_python("import dc_pipeline.definitions as d; "
-                      "print(d.defs().resources['lake'].root)", tmp_path, env)
+    defs = run_python("import dc_pipeline.definitions as d; print(d.defs().resources['lake'].root)", tmp_path, env)
     assert f"DC_DATA_DIR={tmp_path / 'exported'}" in cli.splitlines()
     assert api == defs == str(tmp_path / "exported")
     file_only = run_python("from dc_pipeline.api import data_paths; print(data_paths()[0])", tmp_path, {})

@@ -216,7 +216,7 @@ def test_bad_low_contrast_bucket_gets_augment():
     out = flag_slices(table, overall)
     flagged = _flagged(out)
     assert len(flagged) == 1
-    ((dim, name), suggestion), = flagged.items()
+    (((dim, name), suggestion),) = flagged.items()
     assert dim == "contrast" and name.startswith("q1 [") and suggestion == "augment"
     row = out[(out["dimension"] == "contrast") & (out["slice"] == name)].iloc[0]
     assert row["count"] == len(low) and row["kind"] == "bucket"

@@ -43,8 +43,14 @@ def test_evaluation_covers_every_corruption_and_both_models(demo):
     assert per.to_dict() == {"augmix": 5 * len(CORRUPTIONS), "baseline": 5 * len(CORRUPTIONS)}
     assert len(CORRUPTIONS) >= 12
     summary = metrics[metrics.corruption.isna()].pivot(index="metric", columns="kind", values="value")
-    for name in ("clean_error", "mce", "ece_clean", "rms_calibration_corrupted", "automation_rate_corrupted",
-                 "automation_threshold"):
+    for name in (
+        "clean_error",
+        "mce",
+        "ece_clean",
+        "rms_calibration_corrupted",
+        "automation_rate_corrupted",
+        "automation_threshold",
+    ):
         assert summary.loc[name].notna().all(), name
     assert (summary.loc["mce"] >= summary.loc["clean_error"] - 0.05).all()
     event = demo.instance.get_latest_materialization_event(AssetKey(["evaluation", "model_evaluation"]))
@@ -56,11 +62,13 @@ def test_evaluation_covers_every_corruption_and_both_models(demo):
 def test_load_model_predicts_like_training_on_raw_uint8_images(demo):
     model = load_model("champion", data_dir=demo.data)
     x_test, y_test = load_split("test", data_dir=demo.data)
-    index = demo.sql("SELECT sha256, source, position FROM features.dataset_index WHERE split = 'test' "
-                     "ORDER BY position")
+    index = demo.sql(
+        "SELECT sha256, source, position FROM features.dataset_index WHERE split = 'test' ORDER BY position"
+    )
     # The original bytes of the first test images (8x8 gray or 16x16 RGB), as a user would hold them.
-    raw = [np.asarray(Image.open(io.BytesIO((demo.data / "objects" / s[:2] / s).read_bytes())))
-           for s in index.sha256[:40]]
+    raw = [
+        np.asarray(Image.open(io.BytesIO((demo.data / "objects" / s[:2] / s).read_bytes()))) for s in index.sha256[:40]
+    ]
     by_shape: dict = {}
     for i, img in enumerate(raw):
         by_shape.setdefault(img.shape, []).append(i)
@@ -76,9 +84,14 @@ def test_load_model_predicts_like_training_on_raw_uint8_images(demo):
 
 
 def test_reproduce_gives_bit_identical_weights(demo, capsys):
-    assert reproduce("baseline-" + demo.sql(
-        "SELECT weights_sha256 FROM registry.models WHERE kind = 'baseline'").weights_sha256.item()[:12],
-        demo.data) == 0
+    assert (
+        reproduce(
+            "baseline-"
+            + demo.sql("SELECT weights_sha256 FROM registry.models WHERE kind = 'baseline'").weights_sha256.item()[:12],
+            demo.data,
+        )
+        == 0
+    )
     assert "MATCH" in capsys.readouterr().out
 
 
@@ -91,11 +104,15 @@ def test_gate_refuses_a_challenger_that_does_not_beat_the_champion(pipeline):
     assert not result.success
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
     assert not gate.passed and "refused" in gate.metadata["verdict"].value
-    assert pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item() == champion
+    assert (
+        pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item() == champion
+    )
     challenger = pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'challenger'").version_id.item()
     assert challenger != champion
     # the champion was re-evaluated on the same test data the challenger was judged on
-    champion_rows = pipeline.sql("SELECT DISTINCT version_id, dataset_hash FROM evaluation.metrics WHERE kind = 'champion'")
+    champion_rows = pipeline.sql(
+        "SELECT DISTINCT version_id, dataset_hash FROM evaluation.metrics WHERE kind = 'champion'"
+    )
     assert champion_rows.version_id.tolist() == [champion]
     decisions = pipeline.sql("SELECT passed, challenger FROM registry.gate_decisions ORDER BY decided_at")
     assert decisions.passed.tolist() == [True, False] and decisions.challenger.iloc[-1] == challenger

@@ -18,7 +18,7 @@ def grid_png(rows: list[list[np.ndarray]], scale: int = 3, pad: int = 2) -> byte
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y:y + h, x:x + w] = np.clip(img, 0, 1)
+            canvas[y : y + h, x : x + w] = np.clip(img, 0, 1)
     pil = Image.fromarray(np.rint(canvas * 255).astype(np.uint8))
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
@@ -40,9 +40,14 @@ def markdown_image(png: bytes, alt: str = "") -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def drift_plots(ref_stats: pd.DataFrame, cur_stats: pd.DataFrame, ref_conf: np.ndarray | None = None,
-                cur_conf: np.ndarray | None = None, table: pd.DataFrame | None = None,
-                n_features: int = 4) -> dict[str, bytes]:
+def drift_plots(
+    ref_stats: pd.DataFrame,
+    cur_stats: pd.DataFrame,
+    ref_conf: np.ndarray | None = None,
+    cur_conf: np.ndarray | None = None,
+    table: pd.DataFrame | None = None,
+    n_features: int = 4,
+) -> dict[str, bytes]:
     """PNGs: ``features`` (histograms of the ``n_features`` most drifted features by Wasserstein/std, ref vs
     batch) and, given confidences, ``confidence`` (top-class confidence histograms)."""
     import matplotlib
@@ -65,8 +70,9 @@ def drift_plots(ref_stats: pd.DataFrame, cur_stats: pd.DataFrame, ref_conf: np.n
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
         ax.hist(r, bins=bins, density=True, alpha=0.5, label="reference")
         ax.hist(c, bins=bins, density=True, alpha=0.5, label="batch")
-        ax.set_title(f"{col}\nW/std {table.loc[col, 'wasserstein_std']:.2f}, PSI {table.loc[col, 'psi']:.2f}",
-                     fontsize=9)
+        ax.set_title(
+            f"{col}\nW/std {table.loc[col, 'wasserstein_std']:.2f}, PSI {table.loc[col, 'psi']:.2f}", fontsize=9
+        )
     axes[0][0].legend(fontsize=8)
     out["features"] = figure_png(fig)
     if ref_conf is not None and cur_conf is not None:

@@ -24,16 +24,18 @@ def ingestion_jobs(sources: list[str], review_sources: list[str] = ()) -> list:
     jobs = [
         define_asset_job(
             ingest_job_name(s),
-            selection=AssetSelection.assets(raw_key(s), scores_key(s), drift_key(s)) | AssetSelection.groups(*DATA_GROUPS),
+            selection=AssetSelection.assets(raw_key(s), scores_key(s), drift_key(s))
+            | AssetSelection.groups(*DATA_GROUPS),
             partitions_def=batches_of(s),
             description=f"Ingest one landing batch of `{s}`, refresh clean data and features, score the batch and "
-                        "report its drift.",
+            "report its drift.",
         )
         for s in sources
     ]
     return jobs + [
         define_asset_job(
-            ingest_job_name(s), selection=AssetSelection.assets(raw_key(s)) | AssetSelection.groups(*DATA_GROUPS),
+            ingest_job_name(s),
+            selection=AssetSelection.assets(raw_key(s)) | AssetSelection.groups(*DATA_GROUPS),
             partitions_def=batches_of(s),
             description=f"Ingest one batch of reviewers' decisions from `{s}` and build the curated dataset version.",
         )
@@ -43,14 +45,21 @@ def ingestion_jobs(sources: list[str], review_sources: list[str] = ()) -> list:
 
 def pipeline_jobs() -> list:
     return [
-        define_asset_job(REFRESH_JOB, selection=AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS, CURATION),
-                         description="Rebuild clean data, features, augmentation QC, both models, their evaluation, "
-                                     "the promotion gate, the label-issue review queue and the slice analysis."),
-        define_asset_job(RETRAIN_JOB, selection=AssetSelection.groups(*MODEL_GROUPS),
-                         description="Train both models on the current dataset version, evaluate them and run the "
-                                     "promotion gate."),
-        define_asset_job(SWEEP_JOB, selection=AssetSelection.groups(*DATA_GROUPS, CURATION)
-                         | AssetSelection.assets(OVERVIEW),
-                         description="Nightly: refresh clean data, features, the review queue, the slice analysis "
-                                     "and the monitoring overview."),
+        define_asset_job(
+            REFRESH_JOB,
+            selection=AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS, CURATION),
+            description="Rebuild clean data, features, augmentation QC, both models, their evaluation, "
+            "the promotion gate, the label-issue review queue and the slice analysis.",
+        ),
+        define_asset_job(
+            RETRAIN_JOB,
+            selection=AssetSelection.groups(*MODEL_GROUPS),
+            description="Train both models on the current dataset version, evaluate them and run the promotion gate.",
+        ),
+        define_asset_job(
+            SWEEP_JOB,
+            selection=AssetSelection.groups(*DATA_GROUPS, CURATION) | AssetSelection.assets(OVERVIEW),
+            description="Nightly: refresh clean data, features, the review queue, the slice analysis "
+            "and the monitoring overview.",
+        ),
     ]

@@ -91,15 +91,18 @@ class LabelAudit(ConfigurableResource):
 class RetrainPolicy(ConfigurableResource):
     """When the retraining trigger fires on new data."""
 
-    new_data_share: float = Field(default=0.20, description="Retrain when accepted images not in the champion's "
-                                                            "dataset reach this share of it.")
+    new_data_share: float = Field(
+        default=0.20, description="Retrain when accepted images not in the champion's dataset reach this share of it."
+    )
 
 
 class Alerts(ConfigurableResource):
     """Where failed runs are reported: a table in its own DuckDB file, the log, and an optional webhook."""
 
-    database: str = Field(description="DuckDB file of the alerts table (never the warehouse, so an alert "
-                                      "never waits for the warehouse lock).")
+    database: str = Field(
+        description="DuckDB file of the alerts table (never the warehouse, so an alert "
+        "never waits for the warehouse lock)."
+    )
     webhook_url: Optional[str] = Field(default=None, description="URL each alert is POSTed to as JSON.")
     timeout_seconds: float = Field(default=5.0, description="Webhook timeout.")
 
@@ -121,7 +124,13 @@ def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None,
     """Resources rooted at an explicit folder (tests, scripts); the demo's ground truth when it is there."""
     data_dir = Path(data_dir).resolve()
     truth = data_dir / "demo" / "label_flips.csv"
-    settings = get_settings().model_copy(update={
-        "data_dir": data_dir, "warehouse": None, "contracts_dir": Path(contracts_dir or PACKAGED_CONTRACTS),
-        "label_ground_truth": truth if truth.exists() else None, "alert_webhook": None})
+    settings = get_settings().model_copy(
+        update={
+            "data_dir": data_dir,
+            "warehouse": None,
+            "contracts_dir": Path(contracts_dir or PACKAGED_CONTRACTS),
+            "label_ground_truth": truth if truth.exists() else None,
+            "alert_webhook": None,
+        }
+    )
     return {**build_resources(settings), **overrides}

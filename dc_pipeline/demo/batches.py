@@ -36,8 +36,7 @@ from dc_pipeline.demo.landing import (
     to_source_record,
 )
 
-DRIFT_KINDS = ("none", "rotate", "noise", "blur", "invert", "contrast", "label_shift", "schema_rename",
-               "schema_type")
+DRIFT_KINDS = ("none", "rotate", "noise", "blur", "invert", "contrast", "label_shift", "schema_rename", "schema_type")
 IMAGE_DRIFTS = ("rotate", "noise", "blur", "invert", "contrast")
 ROTATE_DEGREES = (20.0, 40.0)  # absolute angle range; the sign is random
 NOISE_SIGMA = 40.0  # gray levels
@@ -46,8 +45,11 @@ CONTRAST_FACTOR = 0.4  # pixels move towards the image mean by this factor
 LABEL_SHIFT_CLASSES = (0, 1)
 LABEL_SHIFT_SHARE = 0.7  # share of the batch drawn from LABEL_SHIFT_CLASSES; the rest from the others
 # schema_rename: column -> an alias the source's contract lists for it
-SCHEMA_RENAMES = {"field_app": ("captured_at", "capture_time"), "partner_api": ("ts", "timestamp"),
-                  "legacy_erp": ("CREATED", "CREATED_ON")}
+SCHEMA_RENAMES = {
+    "field_app": ("captured_at", "capture_time"),
+    "partner_api": ("ts", "timestamp"),
+    "legacy_erp": ("CREATED", "CREATED_ON"),
+}
 # Record numbers of new batches start here; the initial batches use 1..~1400.
 RECORD_BASE = 100_000
 RECORDS_PER_BLOCK = 10_000  # one block per (seed, drift), so two drift batches never share an id
@@ -106,8 +108,12 @@ def select_holdout_digits(source: str, n: int, drift: str, seed: int, demo_seed:
         return _pick(holdout, n, rng, "digits")
     shifted = np.isin(labels[holdout], LABEL_SHIFT_CLASSES)
     n_major = int(round(n * LABEL_SHIFT_SHARE))
-    chosen = np.concatenate([_pick(holdout[shifted], n_major, rng, f"digits of classes {LABEL_SHIFT_CLASSES}"),
-                             _pick(holdout[~shifted], n - n_major, rng, "digits of the other classes")])
+    chosen = np.concatenate(
+        [
+            _pick(holdout[shifted], n_major, rng, f"digits of classes {LABEL_SHIFT_CLASSES}"),
+            _pick(holdout[~shifted], n - n_major, rng, "digits of the other classes"),
+        ]
+    )
     return rng.permutation(chosen)
 
 
@@ -129,8 +135,9 @@ def _apply_schema_drift(source: str, rec: dict, drift: str) -> None:
             rec["RECORD_ID"] = f"R{rec['RECORD_ID']}"
 
 
-def build_demo_batch(source: str, n: int, drift: str, seed: int, demo_seed: int = 7,
-                     captured_until: datetime | None = None) -> list[dict]:
+def build_demo_batch(
+    source: str, n: int, drift: str, seed: int, demo_seed: int = 7, captured_until: datetime | None = None
+) -> list[dict]:
     """The records of a new batch in ``source``'s own format (``_``-prefixed keys are not written)."""
     if source not in WRITERS:
         raise ValueError(f"unknown demo source {source!r}; known: {sorted(WRITERS)}")
@@ -164,8 +171,9 @@ def _write_legacy_erp_drifted(batch_dir: Path, records: list[dict], drift: str) 
 
     created = SCHEMA_RENAMES["legacy_erp"][1] if drift == "schema_rename" else "CREATED"
     record_id = pa.string() if drift == "schema_type" else pa.int64()
-    schema = pa.schema([("RECORD_ID", record_id), ("IMG", pa.binary()), ("CLASS_CODE", pa.string()),
-                        (created, pa.string())])
+    schema = pa.schema(
+        [("RECORD_ID", record_id), ("IMG", pa.binary()), ("CLASS_CODE", pa.string()), (created, pa.string())]
+    )
     batch_dir.mkdir(parents=True, exist_ok=True)
     cols = {name: [rec.get(name) for rec in records] for name in schema.names}
     pq.write_table(pa.table(cols, schema=schema), batch_dir / "manifest.parquet")
@@ -178,8 +186,16 @@ def default_batch_id(drift: str, seed: int, now: datetime | None = None) -> str:
     return f"batch-{now.astimezone(UTC):%Y%m%d%H%M%S}-{drift.replace('_', '-')}-{seed}"
 
 
-def write_demo_batch(landing: Path, source: str, n: int, drift: str, seed: int, batch_id: str | None = None,
-                     demo_seed: int = 7, captured_until: datetime | None = None) -> Path:
+def write_demo_batch(
+    landing: Path,
+    source: str,
+    n: int,
+    drift: str,
+    seed: int,
+    batch_id: str | None = None,
+    demo_seed: int = 7,
+    captured_until: datetime | None = None,
+) -> Path:
     """Write one complete new batch to ``landing/<source>/<batch_id>/`` and return its folder.
 
     An explicit ``batch_id`` whose folder exists is refused (``FileExistsError``); the default id gets

@@ -112,8 +112,9 @@ def write_legacy_erp(batch_dir: Path, records: list[dict]) -> None:
     import pyarrow.parquet as pq
 
     batch_dir.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("RECORD_ID", pa.int64()), ("IMG", pa.binary()), ("CLASS_CODE", pa.string()),
-                        ("CREATED", pa.string())])
+    schema = pa.schema(
+        [("RECORD_ID", pa.int64()), ("IMG", pa.binary()), ("CLASS_CODE", pa.string()), ("CREATED", pa.string())]
+    )
     cols = {name: [rec.get(name) for rec in records] for name in schema.names}
     pq.write_table(pa.table(cols, schema=schema), batch_dir / "manifest.parquet")
     _finish(batch_dir)
@@ -122,25 +123,39 @@ def write_legacy_erp(batch_dir: Path, records: list[dict]) -> None:
 WRITERS = {"field_app": write_field_app, "partner_api": write_partner_api, "legacy_erp": write_legacy_erp}
 
 
-def to_source_record(source: str, rid: int, digit: Digit, captured: datetime, rng: np.random.Generator,
-                     label: object = "__true__") -> dict:
+def to_source_record(
+    source: str, rid: int, digit: Digit, captured: datetime, rng: np.random.Generator, label: object = "__true__"
+) -> dict:
     """A digit in the given source's own format; ``label`` overrides the delivered label."""
     y = digit.label if label == "__true__" else label
     if source == "field_app":
         offset = timedelta(minutes=int(rng.choice([0, 120, -300, 330])))
-        return {"image_id": f"fa-{rid:06d}", "file": f"images/fa-{rid:06d}.png",
-                "label": "" if y is None else y,
-                "captured_at": captured.astimezone(timezone(offset)).isoformat(timespec="seconds"),
-                "device_id": f"dev-{int(rng.integers(1, 7)):02d}", "_image": png_bytes(digit.pixels)}
+        return {
+            "image_id": f"fa-{rid:06d}",
+            "file": f"images/fa-{rid:06d}.png",
+            "label": "" if y is None else y,
+            "captured_at": captured.astimezone(timezone(offset)).isoformat(timespec="seconds"),
+            "device_id": f"dev-{int(rng.integers(1, 7)):02d}",
+            "_image": png_bytes(digit.pixels),
+        }
     if source == "partner_api":
-        word = y if not isinstance(y, (int, np.integer)) else (
-            int(y) if rng.random() < 0.15 else DIGIT_WORDS[int(y)])
-        return {"id": 500000 + rid, "image_path": f"img/{500000 + rid}.png", "digit": word,
-                "ts": int(captured.timestamp() * 1000), "_image": partner_png(digit.pixels)}
+        word = y if not isinstance(y, (int, np.integer)) else (int(y) if rng.random() < 0.15 else DIGIT_WORDS[int(y)])
+        return {
+            "id": 500000 + rid,
+            "image_path": f"img/{500000 + rid}.png",
+            "digit": word,
+            "ts": int(captured.timestamp() * 1000),
+            "_image": partner_png(digit.pixels),
+        }
     if source == "legacy_erp":
         code = y if not isinstance(y, (int, np.integer)) else f"D{int(y)}"
-        return {"RECORD_ID": 900000 + rid, "IMG": png_bytes(digit.pixels), "CLASS_CODE": code,
-                "CREATED": captured.strftime("%d/%m/%Y"), "_image": None}
+        return {
+            "RECORD_ID": 900000 + rid,
+            "IMG": png_bytes(digit.pixels),
+            "CLASS_CODE": code,
+            "CREATED": captured.strftime("%d/%m/%Y"),
+            "_image": None,
+        }
     raise ValueError(f"unknown demo source {source!r}")
 
 
@@ -167,14 +182,21 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
     rid = 1
     for source, batch_id, n in INITIAL_BATCHES:
         recs = []
-        for idx in initial[cursor:cursor + n]:
+        for idx in initial[cursor : cursor + n]:
             d = Digit(int(idx), images[idx], int(labels[idx]))
             captured = start + timedelta(seconds=int(rng.integers(0, 60 * 86400)))
             given: object = "__true__"
             if rng.random() < FLIP_SHARE:  # a plausible but wrong label: what reviewers must find
                 given = int(rng.choice([c for c in range(10) if c != d.label]))
-                flips.append({"source": source, "batch_id": batch_id, "digit_index": d.index,
-                              "true_label": d.label, "given_label": given})
+                flips.append(
+                    {
+                        "source": source,
+                        "batch_id": batch_id,
+                        "digit_index": d.index,
+                        "true_label": d.label,
+                        "given_label": given,
+                    }
+                )
             rec = to_source_record(source, rid, d, captured, rng, given)
             rec["_digit"] = d
             if given != "__true__":
@@ -185,8 +207,15 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
         cursor += n
 
     def mark(source: str, batch_id: str, rec: dict, fault: str) -> None:
-        faults.append({"source": source, "batch_id": batch_id, "record_id": record_id_of(source, rec),
-                       "fault": fault, "expected": FAULTS[fault]})
+        faults.append(
+            {
+                "source": source,
+                "batch_id": batch_id,
+                "record_id": record_id_of(source, rec),
+                "fault": fault,
+                "expected": FAULTS[fault],
+            }
+        )
 
     # Faults, a few percent per source, at fixed positions drawn from the seed.
     fa1, fa2 = batches[("field_app", "batch-0001")], batches[("field_app", "batch-0002")]
@@ -225,8 +254,10 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
         rec["_image"] = None
         mark("partner_api", "batch-0001", rec, "missing_file")
     # The same id delivered again with another image and another label (both copies are suspect).
-    for src, recs, batch_id, key in (("field_app", fa2, "batch-0002", "image_id"),
-                                     ("legacy_erp", le1, "batch-0001", "RECORD_ID")):
+    for src, recs, batch_id, key in (
+        ("field_app", fa2, "batch-0002", "image_id"),
+        ("legacy_erp", le1, "batch-0001", "RECORD_ID"),
+    ):
         a, b = fresh(recs, 4)[:2], fresh(recs, 4)[:2]
         label_key = "label" if src == "field_app" else "CLASS_CODE"
         for first, second in zip(a, b):
@@ -241,8 +272,9 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
         d: Digit = rec["_digit"]
         conflict = len([f for f in faults if f["fault"] == "cross_source_label_conflict"]) < 6
         given = int(rec["label"])
-        twin = to_source_record("legacy_erp", rid, d, start + timedelta(days=30), rng,
-                                (given + 1) % 10 if conflict else given)
+        twin = to_source_record(
+            "legacy_erp", rid, d, start + timedelta(days=30), rng, (given + 1) % 10 if conflict else given
+        )
         rid += 1
         le1.append(twin)
         fault = "cross_source_label_conflict" if conflict else "cross_source_duplicate"
@@ -256,7 +288,7 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
     truth = landing.parent / "demo"
     truth.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(faults).to_csv(truth / "injected_faults.csv", index=False)
-    pd.DataFrame(flips, columns=["source", "batch_id", "digit_index", "true_label", "given_label",
-                                "record_id"]).to_csv(
-        truth / "label_flips.csv", index=False)
+    pd.DataFrame(flips, columns=["source", "batch_id", "digit_index", "true_label", "given_label", "record_id"]).to_csv(
+        truth / "label_flips.csv", index=False
+    )
     return pd.DataFrame(faults).groupby("fault").size().to_dict()

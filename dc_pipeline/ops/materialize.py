@@ -39,6 +39,10 @@ def materialize_all(defs, instance, lake, log: Callable[[str], None] = print) ->
     run(REFRESH_JOB, REFRESH_JOB)
     for b in landed:
         if kinds.get(b.source) == "images":  # score each batch with the (new) champion
-            run(ingest_job_name(b.source), f"score and drift {b.key}", partition_key=b.batch_id,
-                asset_selection=[scores_key(b.source), drift_key(b.source)])
+            run(
+                ingest_job_name(b.source),
+                f"score and drift {b.key}",
+                partition_key=b.batch_id,
+                asset_selection=[scores_key(b.source), drift_key(b.source)],
+            )
     return ok

@@ -21,13 +21,24 @@ def reproduce(ref: str, data_dir: Path, warehouse: Path | None = None) -> int:
     classes = record["model_spec"]["classes"]
     splits = {s: load_split(s, data, db, dataset_hash=record["dataset_hash"]) for s in ("train", "val")}
     now = code_version()
-    print(f"reproducing {record['version_id']} ({record['kind']}) on dataset {record['dataset_hash'][:12]}, "
-          f"seed {record['seed']}; recorded code {record['code_version']}, current code {now['label']}")
-    result = train(splits["train"][0], class_index(splits["train"][1], classes),
-                   splits["val"][0], class_index(splits["val"][1], classes),
-                   TrainConfig(**record["config"]), mode=record["kind"])
+    print(
+        f"reproducing {record['version_id']} ({record['kind']}) on dataset {record['dataset_hash'][:12]}, "
+        f"seed {record['seed']}; recorded code {record['code_version']}, current code {now['label']}"
+    )
+    result = train(
+        splits["train"][0],
+        class_index(splits["train"][1], classes),
+        splits["val"][0],
+        class_index(splits["val"][1], classes),
+        TrainConfig(**record["config"]),
+        mode=record["kind"],
+    )
     same = result.weights_sha256 == record["weights_sha256"]
     print(f"registered weights sha256 {record['weights_sha256']}\nretrained  weights sha256 {result.weights_sha256}")
-    print("MATCH: bit-identical weights" if same else "MISMATCH: the weights differ"
-          + ("" if now["label"] == record["code_version"] else " (the code version differs too)"))
+    print(
+        "MATCH: bit-identical weights"
+        if same
+        else "MISMATCH: the weights differ"
+        + ("" if now["label"] == record["code_version"] else " (the code version differs too)")
+    )
     return 0 if same else 1

@@ -6,8 +6,13 @@ from datetime import UTC
 from pathlib import Path
 
 
-def simulate_review(data_dir: Path, top: int = 0, batch_id: str | None = None,
-                    ground_truth: Path | None = None, warehouse: Path | None = None) -> tuple[Path, dict]:
+def simulate_review(
+    data_dir: Path,
+    top: int = 0,
+    batch_id: str | None = None,
+    ground_truth: Path | None = None,
+    warehouse: Path | None = None,
+) -> tuple[Path, dict]:
     """A reviewer who knows the truth: relabel the queue's images whose label is wrong, confirm the others."""
     from datetime import datetime
 
@@ -30,14 +35,21 @@ def simulate_review(data_dir: Path, top: int = 0, batch_id: str | None = None,
     for sha, given in zip(queue["sha256"], queue["given_label"]):
         right = true_label.get(sha, given)
         wrong = int(right) != int(given)
-        rows.append({"image_sha256": sha, "decision": "relabel" if wrong else "confirm",
-                     "new_label": int(right) if wrong else "", "reviewer": "simulated-reviewer",
-                     "reason": "the label shows another digit" if wrong else "label checked",
-                     "decided_at": now.isoformat(timespec="seconds")})
+        rows.append(
+            {
+                "image_sha256": sha,
+                "decision": "relabel" if wrong else "confirm",
+                "new_label": int(right) if wrong else "",
+                "reviewer": "simulated-reviewer",
+                "reason": "the label shows another digit" if wrong else "label checked",
+                "decided_at": now.isoformat(timespec="seconds"),
+            }
+        )
     batch_id = batch_id or f"review-{now:%Y%m%d%H%M%S}"
     folder = data / "landing" / "reviews" / batch_id
     folder.mkdir(parents=True, exist_ok=False)
     pd.DataFrame(rows, columns=["image_sha256", "decision", "new_label", "reviewer", "reason", "decided_at"]).to_csv(
-        folder / "decisions.csv", index=False)
+        folder / "decisions.csv", index=False
+    )
     (folder / SUCCESS_MARKER).write_text(now.isoformat())
     return folder, pd.Series([r["decision"] for r in rows], dtype=object).value_counts().to_dict()

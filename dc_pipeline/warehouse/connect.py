@@ -8,8 +8,7 @@ from pathlib import Path
 
 
 @contextmanager
-def connect(database: str | Path, data_dir: str | Path | None, read_only: bool = False,
-            migrations=None) -> Iterator:
+def connect(database: str | Path, data_dir: str | Path | None, read_only: bool = False, migrations=None) -> Iterator:
     """A DuckDB connection to ``database``. A read-write connection first applies the pending migrations
     (each in its own transaction, recorded in ``meta.schema_migrations``; a check of one row when there
     are none)."""

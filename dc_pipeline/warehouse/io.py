@@ -17,9 +17,11 @@ class UndeclaredTable(LookupError):
 
 def table_exists(conn, table: str) -> bool:
     schema, name = table.split(".")
-    return bool(conn.execute(  # fetchall: DuckDB 2 refuses new work while a result is half read
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name]).fetchall()[0][0])
+    return bool(
+        conn.execute(  # fetchall: DuckDB 2 refuses new work while a result is half read
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, name]
+        ).fetchall()[0][0]
+    )
 
 
 def _require(conn, table: str) -> None:
@@ -53,6 +55,7 @@ def replace_table(conn, table: str, df: pd.DataFrame) -> None:
     def run():
         conn.execute(f"DELETE FROM {table}")
         _insert(conn, table, df, "_replace_df")
+
     _in_transaction(conn, run)
 
 
@@ -64,6 +67,7 @@ def replace_rows(conn, table: str, df: pd.DataFrame, where: dict[str, object]) -
     def run():
         conn.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
         _insert(conn, table, df, "_rows_df")
+
     _in_transaction(conn, run)
 
 

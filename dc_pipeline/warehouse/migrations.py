@@ -27,8 +27,11 @@ class Migration:
 
 def existing_columns(conn, table: str) -> dict[str, str]:
     schema, name = table.split(".")
-    rows = conn.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
-                        "AND table_name = ? ORDER BY ordinal_position", [schema, name]).fetchall()
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? "
+        "AND table_name = ? ORDER BY ordinal_position",
+        [schema, name],
+    ).fetchall()
     return dict(rows)
 
 
@@ -47,8 +50,10 @@ def ensure_table(conn, table: Table, until: int | None = None) -> None:
         if col.name not in have:
             conn.execute(f'ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS "{col.name}" {declared}')
         elif have[col.name].upper() != declared:
-            conn.execute(f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" SET DATA TYPE {declared} '
-                         f'USING TRY_CAST("{col.name}" AS {declared})')
+            conn.execute(
+                f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" SET DATA TYPE {declared} '
+                f'USING TRY_CAST("{col.name}" AS {declared})'
+            )
 
 
 def _declared(tables: tuple[Table, ...], number: int) -> Callable:
@@ -56,6 +61,7 @@ def _declared(tables: tuple[Table, ...], number: int) -> Callable:
         for table in tables:
             if table.since == number or any(c.since == number for c in table.columns):
                 ensure_table(conn, table, until=number)
+
     return apply
 
 
@@ -63,8 +69,14 @@ def _conform_raw_tables(conn, data_dir) -> None:
     """Per-source raw tables of older releases: declared types (their owner creates new ones)."""
     from dc_pipeline.warehouse.tables import RAW_IMAGE_COLUMNS, RAW_REVIEW_COLUMNS
 
-    names = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-                                        "AND table_name NOT IN ('schema_history', 'batch_gate')", [RAW]).fetchall()]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+            "AND table_name NOT IN ('schema_history', 'batch_gate')",
+            [RAW],
+        ).fetchall()
+    ]
     for name in names:
         have = existing_columns(conn, f"{RAW}.{name}")
         columns = RAW_REVIEW_COLUMNS if "decision" in have else RAW_IMAGE_COLUMNS
@@ -94,20 +106,25 @@ class Migrations:
     steps: tuple[Migration, ...]
 
 
-WAREHOUSE = Migrations(TABLES, (
-    Migration(1, "declared tables of release 0.1, with their declared types", _conform_raw_tables),
-    Migration(2, "paths stored relative to the data folder", _relative_paths),
-))
-ALERTS = Migrations(ALERT_TABLES, (
-    Migration(1, "declared alerts table (a partition column typed NULL by release 0.1 becomes VARCHAR)"),
-))
+WAREHOUSE = Migrations(
+    TABLES,
+    (
+        Migration(1, "declared tables of release 0.1, with their declared types", _conform_raw_tables),
+        Migration(2, "paths stored relative to the data folder", _relative_paths),
+    ),
+)
+ALERTS = Migrations(
+    ALERT_TABLES,
+    (Migration(1, "declared alerts table (a partition column typed NULL by release 0.1 becomes VARCHAR)"),),
+)
 
 
 def migrate(conn, data_dir: str | Path | None, migrations: Migrations = WAREHOUSE) -> list[int]:
     """Apply the pending migrations, each in its own transaction; returns the numbers applied."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS meta")
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER} (number INTEGER PRIMARY KEY, name VARCHAR, "
-                 "applied_at TIMESTAMP)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {LEDGER} (number INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+    )
     done = {r[0] for r in conn.execute(f"SELECT number FROM {LEDGER}").fetchall()}
     applied = []
     for m in migrations.steps:
@@ -118,8 +135,9 @@ def migrate(conn, data_dir: str | Path | None, migrations: Migrations = WAREHOUS
             _declared(migrations.tables, m.number)(conn, data_dir)
             if m.step:
                 m.step(conn, data_dir)
-            conn.execute(f"INSERT INTO {LEDGER} VALUES (?, ?, ?)",
-                         [m.number, m.name, datetime.now(UTC).replace(tzinfo=None)])
+            conn.execute(
+                f"INSERT INTO {LEDGER} VALUES (?, ?, ?)", [m.number, m.name, datetime.now(UTC).replace(tzinfo=None)]
+            )
             conn.execute("COMMIT")
         except Exception:
             conn.execute("ROLLBACK")

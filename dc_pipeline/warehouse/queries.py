@@ -17,8 +17,9 @@ def current_dataset_version(conn) -> dict:
 
 def accepted_batch(conn, source: str, batch_id: str):
     """The accepted images of one landing batch (rows of clean.images), in image-id order."""
-    return conn.execute(f"SELECT * FROM {T.CLEAN_IMAGES} WHERE source = ? AND batch_id = ? ORDER BY image_id",
-                        [source, batch_id]).df()
+    return conn.execute(
+        f"SELECT * FROM {T.CLEAN_IMAGES} WHERE source = ? AND batch_id = ? ORDER BY image_id", [source, batch_id]
+    ).df()
 
 
 def load_alias_model(conn, artifacts: str | Path, alias: str = "champion"):

@@ -48,22 +48,31 @@ def _cols(spec: str, since: int = 1) -> tuple[Column, ...]:
     return tuple(out)
 
 
-_PROVENANCE = "manifest_file VARCHAR, manifest_sha256 VARCHAR, contract_version VARCHAR, code_version VARCHAR, " \
-              "ingested_at TIMESTAMP"
-RAW_IMAGE_COLUMNS = _cols("source VARCHAR, batch_id VARCHAR, row_number BIGINT, record_id VARCHAR, image_ref VARCHAR, "
-                          "image_sha256 VARCHAR, image_error VARCHAR, label_raw VARCHAR, captured_raw VARCHAR, "
-                          "device_id VARCHAR, row_error VARCHAR, raw_record VARCHAR, " + _PROVENANCE)
-RAW_REVIEW_COLUMNS = _cols("source VARCHAR, batch_id VARCHAR, row_number BIGINT, image_sha256 VARCHAR, "
-                           "decision VARCHAR, label_raw VARCHAR, reviewer VARCHAR, reason VARCHAR, decided_raw VARCHAR, "
-                           "row_error VARCHAR, raw_record VARCHAR, " + _PROVENANCE)
+_PROVENANCE = (
+    "manifest_file VARCHAR, manifest_sha256 VARCHAR, contract_version VARCHAR, code_version VARCHAR, "
+    "ingested_at TIMESTAMP"
+)
+RAW_IMAGE_COLUMNS = _cols(
+    "source VARCHAR, batch_id VARCHAR, row_number BIGINT, record_id VARCHAR, image_ref VARCHAR, "
+    "image_sha256 VARCHAR, image_error VARCHAR, label_raw VARCHAR, captured_raw VARCHAR, "
+    "device_id VARCHAR, row_error VARCHAR, raw_record VARCHAR, " + _PROVENANCE
+)
+RAW_REVIEW_COLUMNS = _cols(
+    "source VARCHAR, batch_id VARCHAR, row_number BIGINT, image_sha256 VARCHAR, "
+    "decision VARCHAR, label_raw VARCHAR, reviewer VARCHAR, reason VARCHAR, decided_raw VARCHAR, "
+    "row_error VARCHAR, raw_record VARCHAR, " + _PROVENANCE
+)
 
 
 def raw_table_spec(source: str, kind: str) -> Table:
     """The raw table of one source: one per contract, so it is created by its owner (the raw asset) on the
     source's first batch rather than by a numbered migration."""
-    return Table(raw_table(source), "dc_pipeline.defs.raw.assets",
-                 RAW_REVIEW_COLUMNS if kind == "reviews" else RAW_IMAGE_COLUMNS,
-                 f"Raw records of {source}, values as delivered, with provenance.")
+    return Table(
+        raw_table(source),
+        "dc_pipeline.defs.raw.assets",
+        RAW_REVIEW_COLUMNS if kind == "reviews" else RAW_IMAGE_COLUMNS,
+        f"Raw records of {source}, values as delivered, with provenance.",
+    )
 
 
 _RAW = "dc_pipeline.defs.raw.assets"
@@ -72,96 +81,225 @@ _FEATURES = "dc_pipeline.defs.features.assets"
 _REGISTRY = "dc_pipeline.core.ml.registry"
 
 TABLES: tuple[Table, ...] = (
-    Table(T.SCHEMA_HISTORY, _RAW, _cols(
-        "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, record_count BIGINT, "
-        "columns VARCHAR, schema_hash VARCHAR, previous_schema_hash VARCHAR, changed_from_previous BOOLEAN, "
-        "status VARCHAR, messages VARCHAR, renames VARCHAR, contract_version VARCHAR, observed_at TIMESTAMP"),
-        "Every batch's observed schema and verdict."),
-    Table(T.BATCH_GATE, _RAW, _cols(
-        "source VARCHAR, batch_id VARCHAR, check_name VARCHAR, passed BOOLEAN, detail VARCHAR, "
-        "evaluated_at TIMESTAMP"), "The latest verdict of each blocking batch check."),
-    Table(T.CLEAN_IMAGES, _CLEAN, _cols(
-        "image_id VARCHAR, sha256 VARCHAR, label BIGINT, source VARCHAR, batch_id VARCHAR, record_id VARCHAR, "
-        "row_number BIGINT, captured_at TIMESTAMP, device_id VARCHAR, width BIGINT, height BIGINT, channels BIGINT, mode VARCHAR, "
-        "n_copies BIGINT"), "Accepted unique images."),
-    Table(T.QUARANTINE, _CLEAN, _cols(
-        "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, row_number BIGINT, "
-        "record_id VARCHAR, image_sha256 VARCHAR, reason VARCHAR, detail VARCHAR"), "Rejected records with reasons."),
-    Table(T.LINEAGE, _CLEAN, _cols(
-        "sha256 VARCHAR, image_id VARCHAR, role VARCHAR, source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, "
-        "row_number BIGINT, record_id VARCHAR, label BIGINT"), "Every accepted record, kept or duplicate."),
-    Table(T.REVIEW_DECISIONS, _CLEAN, _cols(
-        "sha256 VARCHAR, decision VARCHAR, new_label BIGINT, reviewer VARCHAR, reason VARCHAR, "
-        "decided_at TIMESTAMP, source VARCHAR, batch_id VARCHAR, row_number BIGINT"), "Accepted review decisions."),
-    Table(T.DATASET_VERSIONS, _FEATURES, _cols(
-        "dataset_hash VARCHAR, created_at TIMESTAMP, image_size BIGINT, split_salt VARCHAR, val_share DOUBLE, "
-        "test_share DOUBLE, n_images BIGINT, n_train BIGINT, n_val BIGINT, n_test BIGINT, class_counts VARCHAR, "
-        "upstream_batches VARCHAR, path VARCHAR, code_version VARCHAR, is_current BOOLEAN, relabelled BIGINT, "
-        "excluded BIGINT"), "Every dataset version; path is relative to the data folder."),
-    Table(T.DATASET_MEMBERS, _FEATURES, _cols("dataset_hash VARCHAR, sha256 VARCHAR"),
-          "The images of every dataset version."),
-    Table(T.DATASET_INDEX, _FEATURES, _cols(
-        "sha256 VARCHAR, image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, "
-        "position BIGINT"), "The current dataset version's images with their splits."),
-    Table(T.CURATION_LINEAGE, _FEATURES, _cols(
-        "dataset_hash VARCHAR, sha256 VARCHAR, image_id VARCHAR, delivered_label BIGINT, decision VARCHAR, "
-        "new_label BIGINT, reviewer VARCHAR, reason VARCHAR, decided_at TIMESTAMP, review_source VARCHAR, "
-        "review_batch VARCHAR, review_row BIGINT"), "Which decision changed which image in the current version."),
-    Table(T.IMAGE_STATS, _FEATURES, _cols(
-        "sha256 VARCHAR, mean_intensity DOUBLE, contrast DOUBLE, ink_fraction DOUBLE, edge_energy DOUBLE, "
-        "sharpness DOUBLE, center_of_mass_x DOUBLE, center_of_mass_y DOUBLE, bbox_width DOUBLE, bbox_height DOUBLE, "
-        "image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, device_id VARCHAR"),
-        "Per-image statistics of the current dataset version."),
-    Table(T.CURRENT_MODELS, "dc_pipeline.defs.training.assets", _cols(
-        "kind VARCHAR, version_id VARCHAR, dataset_hash VARCHAR, dagster_run_id VARCHAR"),
-        "The newest model of each kind."),
-    Table(T.EVALUATION_METRICS, "dc_pipeline.defs.evaluation.assets", _cols(
-        "version_id VARCHAR, kind VARCHAR, dataset_hash VARCHAR, metric VARCHAR, corruption VARCHAR, "
-        "severity BIGINT, value DOUBLE"), "Every model's figures on a dataset version's test data."),
-    Table(T.MODELS, _REGISTRY, _cols(
-        "version_id VARCHAR PRIMARY KEY, kind VARCHAR, created_at TIMESTAMP, weights_sha256 VARCHAR, "
-        "weights_path VARCHAR, dataset_hash VARCHAR, code_commit VARCHAR, code_dirty BOOLEAN, code_version VARCHAR, "
-        "config JSON, seed INTEGER, model_spec JSON, metrics JSON, dagster_run_id VARCHAR"),
-        "Registered model versions; weights_path is relative to the data folder."),
-    Table(T.ALIASES, _REGISTRY, _cols("alias VARCHAR PRIMARY KEY, version_id VARCHAR, updated_at TIMESTAMP"),
-          "Where each alias points."),
-    Table(T.ALIAS_HISTORY, _REGISTRY, _cols(
-        "moved_at TIMESTAMP, alias VARCHAR, from_version VARCHAR, to_version VARCHAR, reason VARCHAR, "
-        "dagster_run_id VARCHAR"), "Every alias move."),
-    Table(T.GATE_DECISIONS, _REGISTRY, _cols(
-        "decided_at TIMESTAMP, challenger VARCHAR, champion VARCHAR, passed BOOLEAN, verdict VARCHAR, inputs JSON, "
-        "dagster_run_id VARCHAR"), "Every promotion-gate decision."),
-    Table(T.PREDICTIONS, "dc_pipeline.defs.scoring.assets", _cols(
-        "image_id VARCHAR, sha256 VARCHAR, source VARCHAR, batch_id VARCHAR, label BIGINT, predicted_label BIGINT, "
-        "confidence DOUBLE, probabilities VARCHAR, model_version VARCHAR, threshold DOUBLE, routing VARCHAR, "
-        "scored_at TIMESTAMP"), "The champion's prediction for every scored image."),
-    Table(T.BATCH_SUMMARY, "dc_pipeline.defs.scoring.assets", _cols(
-        "source VARCHAR, batch_id VARCHAR, model_version VARCHAR, images BIGINT, automation_rate DOUBLE, "
-        "review_queue BIGINT, mean_confidence DOUBLE, labelled BIGINT, error DOUBLE, accepted_error DOUBLE, "
-        "scored_at TIMESTAMP"), "Business and model figures per scored batch."),
-    Table(T.DRIFT_HISTORY, "dc_pipeline.defs.monitoring.assets", _cols(
-        "source VARCHAR, batch_id VARCHAR, section VARCHAR, test VARCHAR, feature VARCHAR, statistic VARCHAR, "
-        "value DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, threshold DOUBLE, crossed BOOLEAN, detail VARCHAR, "
-        "reference_dataset VARCHAR, model_version VARCHAR, reported_at TIMESTAMP"), "Every drift statistic."),
-    Table(T.DRIFT_VERDICTS, "dc_pipeline.defs.monitoring.assets", _cols(
-        "source VARCHAR, batch_id VARCHAR, verdict VARCHAR, reference VARCHAR, reasons VARCHAR, thresholds VARCHAR, "
-        "reference_dataset VARCHAR, model_version VARCHAR, images BIGINT, reported_at TIMESTAMP"),
-        "The drift verdict of every batch."),
-    Table(T.REVIEW_QUEUE, "dc_pipeline.defs.curation.assets", _cols(
-        "rank BIGINT, image_id VARCHAR, sha256 VARCHAR, given_label BIGINT, suggested_label BIGINT, score DOUBLE, "
-        "is_issue BOOLEAN, source VARCHAR, batch_id VARCHAR, split VARCHAR, dataset_hash VARCHAR"),
-        "Likely label errors, most suspicious first."),
-    Table(T.SLICES, "dc_pipeline.defs.curation.assets", _cols(
-        "dimension VARCHAR, kind VARCHAR, slice VARCHAR, count BIGINT, share DOUBLE, errors BIGINT, error DOUBLE, "
-        "error_ci_low DOUBLE, error_ci_high DOUBLE, mean_confidence DOUBLE, wrong_confidence DOUBLE, "
-        "p_value DOUBLE, p_adjusted DOUBLE, flagged BOOLEAN, suggestion VARCHAR, model_version VARCHAR, "
-        "dataset_hash VARCHAR"), "The champion's error per slice, with flags."),
+    Table(
+        T.SCHEMA_HISTORY,
+        _RAW,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, record_count BIGINT, "
+            "columns VARCHAR, schema_hash VARCHAR, previous_schema_hash VARCHAR, changed_from_previous BOOLEAN, "
+            "status VARCHAR, messages VARCHAR, renames VARCHAR, contract_version VARCHAR, observed_at TIMESTAMP"
+        ),
+        "Every batch's observed schema and verdict.",
+    ),
+    Table(
+        T.BATCH_GATE,
+        _RAW,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, check_name VARCHAR, passed BOOLEAN, detail VARCHAR, "
+            "evaluated_at TIMESTAMP"
+        ),
+        "The latest verdict of each blocking batch check.",
+    ),
+    Table(
+        T.CLEAN_IMAGES,
+        _CLEAN,
+        _cols(
+            "image_id VARCHAR, sha256 VARCHAR, label BIGINT, source VARCHAR, batch_id VARCHAR, record_id VARCHAR, "
+            "row_number BIGINT, captured_at TIMESTAMP, device_id VARCHAR, width BIGINT, height BIGINT, channels BIGINT, mode VARCHAR, "
+            "n_copies BIGINT"
+        ),
+        "Accepted unique images.",
+    ),
+    Table(
+        T.QUARANTINE,
+        _CLEAN,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, row_number BIGINT, "
+            "record_id VARCHAR, image_sha256 VARCHAR, reason VARCHAR, detail VARCHAR"
+        ),
+        "Rejected records with reasons.",
+    ),
+    Table(
+        T.LINEAGE,
+        _CLEAN,
+        _cols(
+            "sha256 VARCHAR, image_id VARCHAR, role VARCHAR, source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, "
+            "row_number BIGINT, record_id VARCHAR, label BIGINT"
+        ),
+        "Every accepted record, kept or duplicate.",
+    ),
+    Table(
+        T.REVIEW_DECISIONS,
+        _CLEAN,
+        _cols(
+            "sha256 VARCHAR, decision VARCHAR, new_label BIGINT, reviewer VARCHAR, reason VARCHAR, "
+            "decided_at TIMESTAMP, source VARCHAR, batch_id VARCHAR, row_number BIGINT"
+        ),
+        "Accepted review decisions.",
+    ),
+    Table(
+        T.DATASET_VERSIONS,
+        _FEATURES,
+        _cols(
+            "dataset_hash VARCHAR, created_at TIMESTAMP, image_size BIGINT, split_salt VARCHAR, val_share DOUBLE, "
+            "test_share DOUBLE, n_images BIGINT, n_train BIGINT, n_val BIGINT, n_test BIGINT, class_counts VARCHAR, "
+            "upstream_batches VARCHAR, path VARCHAR, code_version VARCHAR, is_current BOOLEAN, relabelled BIGINT, "
+            "excluded BIGINT"
+        ),
+        "Every dataset version; path is relative to the data folder.",
+    ),
+    Table(
+        T.DATASET_MEMBERS,
+        _FEATURES,
+        _cols("dataset_hash VARCHAR, sha256 VARCHAR"),
+        "The images of every dataset version.",
+    ),
+    Table(
+        T.DATASET_INDEX,
+        _FEATURES,
+        _cols(
+            "sha256 VARCHAR, image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, "
+            "position BIGINT"
+        ),
+        "The current dataset version's images with their splits.",
+    ),
+    Table(
+        T.CURATION_LINEAGE,
+        _FEATURES,
+        _cols(
+            "dataset_hash VARCHAR, sha256 VARCHAR, image_id VARCHAR, delivered_label BIGINT, decision VARCHAR, "
+            "new_label BIGINT, reviewer VARCHAR, reason VARCHAR, decided_at TIMESTAMP, review_source VARCHAR, "
+            "review_batch VARCHAR, review_row BIGINT"
+        ),
+        "Which decision changed which image in the current version.",
+    ),
+    Table(
+        T.IMAGE_STATS,
+        _FEATURES,
+        _cols(
+            "sha256 VARCHAR, mean_intensity DOUBLE, contrast DOUBLE, ink_fraction DOUBLE, edge_energy DOUBLE, "
+            "sharpness DOUBLE, center_of_mass_x DOUBLE, center_of_mass_y DOUBLE, bbox_width DOUBLE, bbox_height DOUBLE, "
+            "image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, device_id VARCHAR"
+        ),
+        "Per-image statistics of the current dataset version.",
+    ),
+    Table(
+        T.CURRENT_MODELS,
+        "dc_pipeline.defs.training.assets",
+        _cols("kind VARCHAR, version_id VARCHAR, dataset_hash VARCHAR, dagster_run_id VARCHAR"),
+        "The newest model of each kind.",
+    ),
+    Table(
+        T.EVALUATION_METRICS,
+        "dc_pipeline.defs.evaluation.assets",
+        _cols(
+            "version_id VARCHAR, kind VARCHAR, dataset_hash VARCHAR, metric VARCHAR, corruption VARCHAR, "
+            "severity BIGINT, value DOUBLE"
+        ),
+        "Every model's figures on a dataset version's test data.",
+    ),
+    Table(
+        T.MODELS,
+        _REGISTRY,
+        _cols(
+            "version_id VARCHAR PRIMARY KEY, kind VARCHAR, created_at TIMESTAMP, weights_sha256 VARCHAR, "
+            "weights_path VARCHAR, dataset_hash VARCHAR, code_commit VARCHAR, code_dirty BOOLEAN, code_version VARCHAR, "
+            "config JSON, seed INTEGER, model_spec JSON, metrics JSON, dagster_run_id VARCHAR"
+        ),
+        "Registered model versions; weights_path is relative to the data folder.",
+    ),
+    Table(
+        T.ALIASES,
+        _REGISTRY,
+        _cols("alias VARCHAR PRIMARY KEY, version_id VARCHAR, updated_at TIMESTAMP"),
+        "Where each alias points.",
+    ),
+    Table(
+        T.ALIAS_HISTORY,
+        _REGISTRY,
+        _cols(
+            "moved_at TIMESTAMP, alias VARCHAR, from_version VARCHAR, to_version VARCHAR, reason VARCHAR, "
+            "dagster_run_id VARCHAR"
+        ),
+        "Every alias move.",
+    ),
+    Table(
+        T.GATE_DECISIONS,
+        _REGISTRY,
+        _cols(
+            "decided_at TIMESTAMP, challenger VARCHAR, champion VARCHAR, passed BOOLEAN, verdict VARCHAR, inputs JSON, "
+            "dagster_run_id VARCHAR"
+        ),
+        "Every promotion-gate decision.",
+    ),
+    Table(
+        T.PREDICTIONS,
+        "dc_pipeline.defs.scoring.assets",
+        _cols(
+            "image_id VARCHAR, sha256 VARCHAR, source VARCHAR, batch_id VARCHAR, label BIGINT, predicted_label BIGINT, "
+            "confidence DOUBLE, probabilities VARCHAR, model_version VARCHAR, threshold DOUBLE, routing VARCHAR, "
+            "scored_at TIMESTAMP"
+        ),
+        "The champion's prediction for every scored image.",
+    ),
+    Table(
+        T.BATCH_SUMMARY,
+        "dc_pipeline.defs.scoring.assets",
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, model_version VARCHAR, images BIGINT, automation_rate DOUBLE, "
+            "review_queue BIGINT, mean_confidence DOUBLE, labelled BIGINT, error DOUBLE, accepted_error DOUBLE, "
+            "scored_at TIMESTAMP"
+        ),
+        "Business and model figures per scored batch.",
+    ),
+    Table(
+        T.DRIFT_HISTORY,
+        "dc_pipeline.defs.monitoring.assets",
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, section VARCHAR, test VARCHAR, feature VARCHAR, statistic VARCHAR, "
+            "value DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, threshold DOUBLE, crossed BOOLEAN, detail VARCHAR, "
+            "reference_dataset VARCHAR, model_version VARCHAR, reported_at TIMESTAMP"
+        ),
+        "Every drift statistic.",
+    ),
+    Table(
+        T.DRIFT_VERDICTS,
+        "dc_pipeline.defs.monitoring.assets",
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, verdict VARCHAR, reference VARCHAR, reasons VARCHAR, thresholds VARCHAR, "
+            "reference_dataset VARCHAR, model_version VARCHAR, images BIGINT, reported_at TIMESTAMP"
+        ),
+        "The drift verdict of every batch.",
+    ),
+    Table(
+        T.REVIEW_QUEUE,
+        "dc_pipeline.defs.curation.assets",
+        _cols(
+            "rank BIGINT, image_id VARCHAR, sha256 VARCHAR, given_label BIGINT, suggested_label BIGINT, score DOUBLE, "
+            "is_issue BOOLEAN, source VARCHAR, batch_id VARCHAR, split VARCHAR, dataset_hash VARCHAR"
+        ),
+        "Likely label errors, most suspicious first.",
+    ),
+    Table(
+        T.SLICES,
+        "dc_pipeline.defs.curation.assets",
+        _cols(
+            "dimension VARCHAR, kind VARCHAR, slice VARCHAR, count BIGINT, share DOUBLE, errors BIGINT, error DOUBLE, "
+            "error_ci_low DOUBLE, error_ci_high DOUBLE, mean_confidence DOUBLE, wrong_confidence DOUBLE, "
+            "p_value DOUBLE, p_adjusted DOUBLE, flagged BOOLEAN, suggestion VARCHAR, model_version VARCHAR, "
+            "dataset_hash VARCHAR"
+        ),
+        "The champion's error per slice, with flags.",
+    ),
 )
 
 ALERT_TABLES: tuple[Table, ...] = (
-    Table(T.RUN_FAILURES, "dc_pipeline.defs.automation.sensors", _cols(
-        "failed_at TIMESTAMP, run_id VARCHAR, job_name VARCHAR, partition VARCHAR, message VARCHAR"),
-        "Every failed run (in the alerts file)."),
+    Table(
+        T.RUN_FAILURES,
+        "dc_pipeline.defs.automation.sensors",
+        _cols("failed_at TIMESTAMP, run_id VARCHAR, job_name VARCHAR, partition VARCHAR, message VARCHAR"),
+        "Every failed run (in the alerts file).",
+    ),
 )
 
 BY_NAME = {t.name: t for t in TABLES + ALERT_TABLES}

@@ -43,9 +43,16 @@ def _check(labels: np.ndarray | list[int], probs: np.ndarray) -> tuple[np.ndarra
 # 1. Out-of-fold predicted probabilities
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray | list[int], n_classes: int, k: int = 5,
-                              seed: int = 0, model: str = "logreg", pca_components: int = 40,
-                              C: float = 0.1) -> np.ndarray:
+def out_of_fold_probabilities(
+    features: np.ndarray,
+    labels: np.ndarray | list[int],
+    n_classes: int,
+    k: int = 5,
+    seed: int = 0,
+    model: str = "logreg",
+    pca_components: int = 40,
+    C: float = 0.1,
+) -> np.ndarray:
     """``[N, K]`` probabilities, each row from a model trained on the other folds (stratified k-fold).
 
     ``model="logreg"``: standardized flattened features, multinomial logistic regression (L2, ``C``).
@@ -74,8 +81,9 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray | list[in
         for train, test in folds.split(x, y):
             steps: list = [StandardScaler()]
             if model == "pca_logreg":
-                steps.append(PCA(n_components=min(pca_components, x.shape[1], len(train) - 1), whiten=True,
-                                 random_state=seed))
+                steps.append(
+                    PCA(n_components=min(pca_components, x.shape[1], len(train) - 1), whiten=True, random_state=seed)
+                )
             clf = make_pipeline(*steps, LogisticRegression(C=C, max_iter=1000))
             clf.fit(x[train], y[train])
             probs[np.ix_(test, clf.classes_)] = clf.predict_proba(x[test])  # a class absent in training gets 0
@@ -102,8 +110,9 @@ def confident_joint(labels: np.ndarray | list[int], probs: np.ndarray, calibrate
     return compute_confident_joint(labels, probs, calibrate=calibrate)
 
 
-def find_label_issues(labels: np.ndarray | list[int], probs: np.ndarray,
-                      method: str = "prune_by_noise_rate") -> np.ndarray:
+def find_label_issues(
+    labels: np.ndarray | list[int], probs: np.ndarray, method: str = "prune_by_noise_rate"
+) -> np.ndarray:
     """Boolean mask of likely label errors (cleanlab's ``filter.find_label_issues``, ``filter_by=method``)."""
     from cleanlab.filter import find_label_issues as cleanlab_find
 
@@ -113,8 +122,9 @@ def find_label_issues(labels: np.ndarray | list[int], probs: np.ndarray,
     return np.asarray(cleanlab_find(labels, probs, filter_by=method, n_jobs=1), dtype=bool)
 
 
-def label_quality_scores(labels: np.ndarray | list[int], probs: np.ndarray,
-                         method: str = "self_confidence") -> np.ndarray:
+def label_quality_scores(
+    labels: np.ndarray | list[int], probs: np.ndarray, method: str = "self_confidence"
+) -> np.ndarray:
     """Per example, in [0, 1], lower = more likely mislabelled (``self_confidence`` or ``normalized_margin``)."""
     from cleanlab.rank import get_label_quality_scores
 
@@ -124,17 +134,24 @@ def label_quality_scores(labels: np.ndarray | list[int], probs: np.ndarray,
     return np.asarray(get_label_quality_scores(labels, probs, method=method))
 
 
-def rank_label_issues(labels: np.ndarray | list[int], probs: np.ndarray, method: str = "prune_by_noise_rate",
-                      score: str = "self_confidence") -> pd.DataFrame:
+def rank_label_issues(
+    labels: np.ndarray | list[int],
+    probs: np.ndarray,
+    method: str = "prune_by_noise_rate",
+    score: str = "self_confidence",
+) -> pd.DataFrame:
     """One row per example (index, given_label, suggested_label, score, is_issue): flagged issues
     first, each group by ascending score (most suspicious first), ties by index."""
     labels, probs = _check(labels, probs)
-    frame = pd.DataFrame({
-        "index": np.arange(len(labels)),
-        "given_label": labels,
-        "suggested_label": probs.argmax(axis=1),
-        "score": label_quality_scores(labels, probs, score),
-        "is_issue": find_label_issues(labels, probs, method),
-    })
-    return frame.sort_values(["is_issue", "score", "index"], ascending=[False, True, True],
-                             kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "given_label": labels,
+            "suggested_label": probs.argmax(axis=1),
+            "score": label_quality_scores(labels, probs, score),
+            "is_issue": find_label_issues(labels, probs, method),
+        }
+    )
+    return frame.sort_values(["is_issue", "score", "index"], ascending=[False, True, True], kind="stable").reset_index(
+        drop=True
+    )

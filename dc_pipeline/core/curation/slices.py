@@ -139,9 +139,7 @@ def quantile_buckets(values: pd.Series, n_buckets: int = 4) -> pd.Series:
         idx = np.zeros(int(ok.sum()), dtype=int)
     else:
         k = len(edges) - 1
-        labels = [
-            f"q{i + 1} [{text[i]}, {text[i + 1]}{']' if i == k - 1 else ')'}" for i in range(k)
-        ]
+        labels = [f"q{i + 1} [{text[i]}, {text[i + 1]}{']' if i == k - 1 else ')'}" for i in range(k)]
         # bucket i holds edges[i] <= x < edges[i+1]; the maximum goes to the last bucket
         idx = np.clip(np.searchsorted(edges, x[ok], side="right") - 1, 0, k - 1)
     out[ok] = np.array(labels, dtype=object)[idx]
@@ -247,9 +245,7 @@ def flag_slices(
         overall_error = stored
     overall_error = float(overall_error)
     if stored is None or not math.isclose(float(stored), overall_error, rel_tol=0, abs_tol=1e-12):
-        out["p_value"] = [
-            _binom_p(e, c, overall_error) for e, c in zip(out["errors"], out["count"])
-        ]
+        out["p_value"] = [_binom_p(e, c, overall_error) for e, c in zip(out["errors"], out["count"])]
     out.attrs["overall_error"] = overall_error
 
     out["p_adjusted"] = holm(out["p_value"].tolist())
@@ -300,9 +296,7 @@ def slices_markdown(table: pd.DataFrame, top: int = 30) -> str:
     if "suggestion" not in t.columns:
         t["suggestion"] = ""
     p_col = "p_adjusted" if "p_adjusted" in t.columns else "p_value"
-    t = t.sort_values(
-        ["flagged", p_col, "error"], ascending=[False, True, False], kind="stable", na_position="last"
-    )
+    t = t.sort_values(["flagged", p_col, "error"], ascending=[False, True, False], kind="stable", na_position="last")
     shown = t.head(top)
     lines = []
     overall = table.attrs.get("overall_error")
@@ -310,8 +304,19 @@ def slices_markdown(table: pd.DataFrame, top: int = 30) -> str:
     if overall is not None and math.isfinite(overall):
         lines.append(f"Overall error {overall:.3f}; {n_flagged} of {len(t)} slices flagged.")
         lines.append("")
-    header = ["dimension", "slice", "count", "share", "error", "95% CI", "mean conf", "wrong conf",
-              "p (Holm)" if p_col == "p_adjusted" else "p", "flagged", "suggestion"]
+    header = [
+        "dimension",
+        "slice",
+        "count",
+        "share",
+        "error",
+        "95% CI",
+        "mean conf",
+        "wrong conf",
+        "p (Holm)" if p_col == "p_adjusted" else "p",
+        "flagged",
+        "suggestion",
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * len(header)) + "|")
     for r in shown.itertuples(index=False):

@@ -30,9 +30,14 @@ class Evaluation:
         return pd.DataFrame(rows).pivot(index="corruption", columns="severity", values="error")
 
 
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], test: tuple[np.ndarray, np.ndarray],
-             val: tuple[np.ndarray, np.ndarray], corrupted: dict[tuple[str, int], np.ndarray],
-             sources: np.ndarray, n_classes: int) -> Evaluation:
+def evaluate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    corrupted: dict[tuple[str, int], np.ndarray],
+    sources: np.ndarray,
+    n_classes: int,
+) -> Evaluation:
     """``predict`` maps canonical images to probabilities; labels are class indices."""
     (xt, yt), (xv, yv) = test, val
     p_test, p_val = predict(xt), predict(xv)
@@ -52,23 +57,31 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], test: tuple[np.ndarray
         "clean_error": float(1.0 - ok_t.mean()),
         "mce": m.mean_corruption_error(errors),
         "mce_unseen_by_augmix": m.mean_corruption_error(
-            {k: v for k, v in errors.items() if k[0] not in AUGMIX_OVERLAP}),
+            {k: v for k, v in errors.items() if k[0] not in AUGMIX_OVERLAP}
+        ),
         "ece_clean": m.expected_calibration_error(conf_t, ok_t),
         "rms_calibration_clean": m.rms_calibration_error(conf_t, ok_t),
         "ece_corrupted": m.expected_calibration_error(conf_c, ok_c),
         "rms_calibration_corrupted": m.rms_calibration_error(conf_c, ok_c),
         "automation_threshold": float(threshold),
-        "automation_rate_clean": auto_t, "accepted_error_clean": acc_err_t,
-        "automation_rate_corrupted": auto_c, "accepted_error_corrupted": acc_err_c,
-        "n_test": int(len(yt)), "n_corrupted": int(len(ok_c)),
+        "automation_rate_clean": auto_t,
+        "accepted_error_clean": acc_err_t,
+        "automation_rate_corrupted": auto_c,
+        "accepted_error_corrupted": acc_err_c,
+        "n_test": int(len(yt)),
+        "n_corrupted": int(len(ok_c)),
     }
     frame = pd.DataFrame({"label": yt, "source": sources, "correct": ok_t})
     return Evaluation(
-        summary=summary, corruption_errors=errors,
-        per_class=m.slice_errors(frame, "label"), per_source=m.slice_errors(frame, "source"),
+        summary=summary,
+        corruption_errors=errors,
+        per_class=m.slice_errors(frame, "label"),
+        per_source=m.slice_errors(frame, "source"),
         confusion=m.confusion_matrix(yt, p_test.argmax(axis=1), n_classes),
-        reliability={"clean": m.reliability_diagram_data(conf_t, ok_t, 10),
-                     "corrupted": m.reliability_diagram_data(conf_c, ok_c, 10)},
+        reliability={
+            "clean": m.reliability_diagram_data(conf_t, ok_t, 10),
+            "corrupted": m.reliability_diagram_data(conf_c, ok_c, 10),
+        },
     )
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def label_preservation_score(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                             views: np.ndarray, labels: np.ndarray, sampled: np.ndarray | None = None,
-                             seed: int = 0) -> dict[str, float]:
+def label_preservation_score(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    views: np.ndarray,
+    labels: np.ndarray,
+    sampled: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """Accuracy of a logistic regression (fit on clean train) on clean val and on augmented views.
 
     ``views`` is ``[N, V, H, W]`` with one label per sample in ``labels``; ``sampled`` are the training
@@ -25,5 +30,9 @@ def label_preservation_score(train: tuple[np.ndarray, np.ndarray], val: tuple[np
     clean = float(model.score(np.asarray(x_val).reshape(len(x_val), -1), y_val))
     n, v = views.shape[:2]
     augmented = float(model.score(views.reshape(n * v, -1), np.repeat(labels, v)))
-    return {"clean_val_accuracy": round(clean, 4), "augmented_accuracy": round(augmented, 4),
-            "augmented_images": int(n * v), "classifier": "logistic regression on raw pixels (scikit-learn)"}
+    return {
+        "clean_val_accuracy": round(clean, 4),
+        "augmented_accuracy": round(augmented, 4),
+        "augmented_images": int(n * v),
+        "classifier": "logistic regression on raw pixels (scikit-learn)",
+    }

@@ -56,8 +56,18 @@ class Registry:
         return self
 
     # -- versions ------------------------------------------------------------------------------
-    def register(self, kind: str, state_dict: dict, *, dataset_hash: str, code: dict, config: dict, seed: int,
-                 model_spec: dict, run_id: str | None) -> tuple[str, bool]:
+    def register(
+        self,
+        kind: str,
+        state_dict: dict,
+        *,
+        dataset_hash: str,
+        code: dict,
+        config: dict,
+        seed: int,
+        model_spec: dict,
+        run_id: str | None,
+    ) -> tuple[str, bool]:
         """Store weights and lineage. Returns ``(version_id, created)``; identical weights are one version."""
         data = serialize_weights(state_dict)
         sha = hashlib.sha256(data).hexdigest()
@@ -68,13 +78,41 @@ class Registry:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
         path.write_bytes(data)
-        (folder / "model.json").write_text(json.dumps(
-            {"version_id": version_id, "kind": kind, "model_spec": model_spec, "config": config, "seed": seed,
-             "dataset_hash": dataset_hash, "code": code, "weights_sha256": sha}, indent=2, default=str))
+        (folder / "model.json").write_text(
+            json.dumps(
+                {
+                    "version_id": version_id,
+                    "kind": kind,
+                    "model_spec": model_spec,
+                    "config": config,
+                    "seed": seed,
+                    "dataset_hash": dataset_hash,
+                    "code": code,
+                    "weights_sha256": sha,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         self.conn.execute(
             "INSERT INTO registry.models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [version_id, kind, _now(), sha, to_relative(path, self.root), dataset_hash, code.get("commit"), code.get("dirty"),
-             code.get("label"), json.dumps(config, default=str), int(seed), json.dumps(model_spec), None, run_id])
+            [
+                version_id,
+                kind,
+                _now(),
+                sha,
+                to_relative(path, self.root),
+                dataset_hash,
+                code.get("commit"),
+                code.get("dirty"),
+                code.get("label"),
+                json.dumps(config, default=str),
+                int(seed),
+                json.dumps(model_spec),
+                None,
+                run_id,
+            ],
+        )
         return version_id, True
 
     def find(self, version_id: str) -> dict | None:
@@ -105,8 +143,10 @@ class Registry:
         return self.conn.execute("SELECT * FROM registry.models ORDER BY created_at").df()
 
     def set_metrics(self, version_id: str, metrics: dict) -> None:
-        self.conn.execute("UPDATE registry.models SET metrics = ? WHERE version_id = ?",
-                          [json.dumps(metrics, default=float), version_id])
+        self.conn.execute(
+            "UPDATE registry.models SET metrics = ? WHERE version_id = ?",
+            [json.dumps(metrics, default=float), version_id],
+        )
 
     def load_weights(self, ref: str) -> tuple[dict, dict]:
         """``(record, state_dict)``; refuses weights whose sha256 differs from the registry's."""
@@ -118,8 +158,10 @@ class Registry:
         data = path.read_bytes()
         actual = hashlib.sha256(data).hexdigest()
         if actual != record["weights_sha256"]:
-            raise RegistryError(f"weights of {record['version_id']} were changed on disk: sha256 {actual[:12]} "
-                                f"!= registered {record['weights_sha256'][:12]}; refusing to load them")
+            raise RegistryError(
+                f"weights of {record['version_id']} were changed on disk: sha256 {actual[:12]} "
+                f"!= registered {record['weights_sha256'][:12]}; refusing to load them"
+            )
         return record, deserialize_weights(data)
 
     # -- aliases ---------------------------------------------------------------------------------
@@ -137,14 +179,25 @@ class Registry:
         if previous == version_id:
             return False
         self.conn.execute("INSERT OR REPLACE INTO registry.aliases VALUES (?, ?, ?)", [alias, version_id, _now()])
-        self.conn.execute("INSERT INTO registry.alias_history VALUES (?, ?, ?, ?, ?, ?)",
-                          [_now(), alias, previous, version_id, reason, run_id])
+        self.conn.execute(
+            "INSERT INTO registry.alias_history VALUES (?, ?, ?, ?, ?, ?)",
+            [_now(), alias, previous, version_id, reason, run_id],
+        )
         return True
 
     def record_gate(self, decision: GateDecision, run_id: str | None) -> None:
-        self.conn.execute("INSERT INTO registry.gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [_now(), decision.challenger, decision.champion, decision.passed, decision.verdict,
-                           json.dumps(decision.inputs, default=float), run_id])
+        self.conn.execute(
+            "INSERT INTO registry.gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                _now(),
+                decision.challenger,
+                decision.champion,
+                decision.passed,
+                decision.verdict,
+                json.dumps(decision.inputs, default=float),
+                run_id,
+            ],
+        )
 
 
 # -- the promotion gate --------------------------------------------------------------------------
@@ -167,33 +220,57 @@ class GateDecision:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
-def promotion_decision(challenger: str, challenger_metrics: dict, champion: str | None,
-                       champion_metrics: dict | None, policy: GatePolicy) -> GateDecision:
+def promotion_decision(
+    challenger: str, challenger_metrics: dict, champion: str | None, champion_metrics: dict | None, policy: GatePolicy
+) -> GateDecision:
     """Decide whether ``challenger`` may replace ``champion``. Metrics: clean_error, mce, rms_calibration_corrupted."""
     c = {k: float(challenger_metrics[k]) for k in ("clean_error", "mce", "rms_calibration_corrupted")}
     if champion is None:
-        failures = [f"{name} {c[key]:.4f} > {bound}" for name, key, bound in (
-            ("clean error", "clean_error", policy.first_max_clean_error), ("mCE", "mce", policy.first_max_mce),
-            ("RMS calibration error", "rms_calibration_corrupted", policy.first_max_rms_calibration))
-            if c[key] > bound]
-        verdict = ("first model: within the absolute bounds, promoted" if not failures
-                   else "first model refused: " + "; ".join(failures))
+        failures = [
+            f"{name} {c[key]:.4f} > {bound}"
+            for name, key, bound in (
+                ("clean error", "clean_error", policy.first_max_clean_error),
+                ("mCE", "mce", policy.first_max_mce),
+                ("RMS calibration error", "rms_calibration_corrupted", policy.first_max_rms_calibration),
+            )
+            if c[key] > bound
+        ]
+        verdict = (
+            "first model: within the absolute bounds, promoted"
+            if not failures
+            else "first model refused: " + "; ".join(failures)
+        )
         return GateDecision(challenger, None, not failures, verdict, {"challenger": c, "policy": vars(policy)})
     if challenger == champion:
-        return GateDecision(challenger, champion, True, "the challenger already is the champion",
-                            {"challenger": c, "policy": vars(policy)})
+        return GateDecision(
+            challenger,
+            champion,
+            True,
+            "the challenger already is the champion",
+            {"challenger": c, "policy": vars(policy)},
+        )
     k = {key: float(champion_metrics[key]) for key in c}
     failures = []
     if c["mce"] > (1 - policy.mce_relative_margin) * k["mce"]:
-        failures.append(f"mCE {c['mce']:.4f} does not beat the champion's {k['mce']:.4f} by "
-                        f"{policy.mce_relative_margin:.0%}")
+        failures.append(
+            f"mCE {c['mce']:.4f} does not beat the champion's {k['mce']:.4f} by {policy.mce_relative_margin:.0%}"
+        )
     if c["clean_error"] > k["clean_error"] + policy.max_clean_error_increase:
-        failures.append(f"clean error {c['clean_error']:.4f} is more than "
-                        f"{policy.max_clean_error_increase * 100:.1f} points above the champion's {k['clean_error']:.4f}")
+        failures.append(
+            f"clean error {c['clean_error']:.4f} is more than "
+            f"{policy.max_clean_error_increase * 100:.1f} points above the champion's {k['clean_error']:.4f}"
+        )
     if c["rms_calibration_corrupted"] > k["rms_calibration_corrupted"] + policy.calibration_tolerance:
-        failures.append(f"RMS calibration error on corrupted data {c['rms_calibration_corrupted']:.4f} is worse "
-                        f"than the champion's {k['rms_calibration_corrupted']:.4f}")
-    verdict = "promoted: " + (f"mCE {c['mce']:.4f} vs {k['mce']:.4f}, clean error {c['clean_error']:.4f} vs "
-                              f"{k['clean_error']:.4f}") if not failures else "refused: " + "; ".join(failures)
-    return GateDecision(challenger, champion, not failures, verdict,
-                        {"challenger": c, "champion": k, "policy": vars(policy)})
+        failures.append(
+            f"RMS calibration error on corrupted data {c['rms_calibration_corrupted']:.4f} is worse "
+            f"than the champion's {k['rms_calibration_corrupted']:.4f}"
+        )
+    verdict = (
+        "promoted: "
+        + (f"mCE {c['mce']:.4f} vs {k['mce']:.4f}, clean error {c['clean_error']:.4f} vs {k['clean_error']:.4f}")
+        if not failures
+        else "refused: " + "; ".join(failures)
+    )
+    return GateDecision(
+        challenger, champion, not failures, verdict, {"challenger": c, "champion": k, "policy": vars(policy)}
+    )

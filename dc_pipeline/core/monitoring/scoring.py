@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 
-def score(images: pd.DataFrame, probs: np.ndarray, classes: list[int], version_id: str,
-          threshold: float) -> pd.DataFrame:
+def score(
+    images: pd.DataFrame, probs: np.ndarray, classes: list[int], version_id: str, threshold: float
+) -> pd.DataFrame:
     """One row per image: top class, confidence, probabilities, model version and routing decision.
 
     ``images`` has ``image_id, sha256, source, batch_id, label`` (the given label, may be null);

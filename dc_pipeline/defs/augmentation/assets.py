@@ -27,8 +27,11 @@ class AugMixConfig(Config):
     width: int = Field(default=3, description="Number of augmentation chains mixed together.")
     depth: int = Field(default=-1, description="Ops per chain; -1 draws 1 to 3 per chain.")
     alpha: float = Field(default=1.0, description="Dirichlet and Beta parameter of the mixing weights.")
-    all_ops: bool = Field(default=False, description="Also use color, contrast, brightness and sharpness "
-                                                     "(the paper leaves them out: they overlap the test corruptions).")
+    all_ops: bool = Field(
+        default=False,
+        description="Also use color, contrast, brightness and sharpness "
+        "(the paper leaves them out: they overlap the test corruptions).",
+    )
 
 
 class AugmentedSamplesConfig(AugMixConfig):
@@ -38,13 +41,19 @@ class AugmentedSamplesConfig(AugMixConfig):
 
 
 @asset(
-    key=AUGMENTED_SAMPLES, deps=[DATASET_VERSION], group_name=AUGMENTATION, kinds={"pytorch", "numpy"},
+    key=AUGMENTED_SAMPLES,
+    deps=[DATASET_VERSION],
+    group_name=AUGMENTATION,
+    kinds={"pytorch", "numpy"},
     pool=DUCKDB_POOL,
-    description=("AugMix views of a sample of the current training split, for quality control: a preview grid "
-                 "(original, then its augmented views) and the augmentation config in the metadata."),
+    description=(
+        "AugMix views of a sample of the current training split, for quality control: a preview grid "
+        "(original, then its augmented views) and the augmentation config in the metadata."
+    ),
 )
-def augmented_samples(context: AssetExecutionContext, config: AugmentedSamplesConfig, lake: DataLake,
-                      warehouse: Warehouse):
+def augmented_samples(
+    context: AssetExecutionContext, config: AugmentedSamplesConfig, lake: DataLake, warehouse: Warehouse
+):
     import time
 
     import numpy as np
@@ -61,8 +70,9 @@ def augmented_samples(context: AssetExecutionContext, config: AugmentedSamplesCo
     rng = np.random.default_rng(config.seed)
     pick = np.sort(rng.choice(len(x), size=min(config.n_samples, len(x)), replace=False))
     originals = torch.from_numpy(np.ascontiguousarray(x[pick]))[:, None]
-    augmix = AugMix(severity=config.severity, width=config.width, depth=config.depth, alpha=config.alpha,
-                    all_ops=config.all_ops)
+    augmix = AugMix(
+        severity=config.severity, width=config.width, depth=config.depth, alpha=config.alpha, all_ops=config.all_ops
+    )
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     views = torch.stack([augmix(originals, generator=generator) for _ in range(config.views)], dim=1)[:, :, 0]
@@ -70,25 +80,37 @@ def augmented_samples(context: AssetExecutionContext, config: AugmentedSamplesCo
     aug_config = {k: getattr(config, k) for k in ("severity", "width", "depth", "alpha", "all_ops", "views", "seed")}
     out = lake.root_path("augmented") / f"{meta['dataset_hash'][:16]}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, positions=pick, labels=y[pick], originals=x[pick], views=views.numpy(),
-                        config=json.dumps(aug_config))
+    np.savez_compressed(
+        out, positions=pick, labels=y[pick], originals=x[pick], views=views.numpy(), config=json.dumps(aug_config)
+    )
     preview = grid_png([[x[i], *views[k].numpy()] for k, i in enumerate(pick[:12])])
     context.log.info(f"{len(pick) * config.views} AugMix views in {seconds:.2f}s")
-    return MaterializeResult(metadata={
-        "dataset_hash": meta["dataset_hash"], "path": MetadataValue.path(lake.relative(out)), "samples": int(len(pick)),
-        "views_per_sample": config.views, "augmentation_config": MetadataValue.json(aug_config),
-        "images_per_second": round(len(pick) * config.views / max(seconds, 1e-9), 1),
-        "preview": MetadataValue.md("Each row: the original, then its AugMix views.\n\n"
-                                    + markdown_image(preview, "AugMix preview")),
-    })
+    return MaterializeResult(
+        metadata={
+            "dataset_hash": meta["dataset_hash"],
+            "path": MetadataValue.path(lake.relative(out)),
+            "samples": int(len(pick)),
+            "views_per_sample": config.views,
+            "augmentation_config": MetadataValue.json(aug_config),
+            "images_per_second": round(len(pick) * config.views / max(seconds, 1e-9), 1),
+            "preview": MetadataValue.md(
+                "Each row: the original, then its AugMix views.\n\n" + markdown_image(preview, "AugMix preview")
+            ),
+        }
+    )
 
 
 @asset_check(
-    asset=AUGMENTED_SAMPLES, name="label_preservation", blocking=True, pool=DUCKDB_POOL,
-    description=("Blocking. Augmented samples must still look like their label: a logistic regression trained on "
-                 "the clean training features must keep at least "
-                 f"{MIN_ACCURACY_RATIO:.0%} of its clean validation accuracy on the augmented views. Catches an "
-                 "augmentation config that destroys the label before a model is trained on it."),
+    asset=AUGMENTED_SAMPLES,
+    name="label_preservation",
+    blocking=True,
+    pool=DUCKDB_POOL,
+    description=(
+        "Blocking. Augmented samples must still look like their label: a logistic regression trained on "
+        "the clean training features must keep at least "
+        f"{MIN_ACCURACY_RATIO:.0%} of its clean validation accuracy on the augmented views. Catches an "
+        "augmentation config that destroys the label before a model is trained on it."
+    ),
 )
 def label_preservation(lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
     import numpy as np
@@ -101,9 +123,16 @@ def label_preservation(lake: DataLake, warehouse: Warehouse) -> AssetCheckResult
     version = DatasetVersion(lake.datasets, meta["dataset_hash"])
 
     samples = np.load(lake.root_path("augmented") / f"{meta['dataset_hash'][:16]}.npz")
-    score = label_preservation_score(version.split("train"), version.split("val"),
-                                     samples["views"], samples["labels"], sampled=samples["positions"])
+    score = label_preservation_score(
+        version.split("train"), version.split("val"), samples["views"], samples["labels"], sampled=samples["positions"]
+    )
     passed = score["augmented_accuracy"] >= MIN_ACCURACY_RATIO * score["clean_val_accuracy"]
-    return AssetCheckResult(passed=bool(passed), severity=AssetCheckSeverity.ERROR, metadata={
-        **score, "required_ratio": MIN_ACCURACY_RATIO,
-        "ratio": round(score["augmented_accuracy"] / max(score["clean_val_accuracy"], 1e-9), 4)})
+    return AssetCheckResult(
+        passed=bool(passed),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            **score,
+            "required_ratio": MIN_ACCURACY_RATIO,
+            "ratio": round(score["augmented_accuracy"] / max(score["clean_val_accuracy"], 1e-9), 4),
+        },
+    )

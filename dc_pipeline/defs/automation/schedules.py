@@ -5,11 +5,17 @@ from dagster import DefaultScheduleStatus, ScheduleDefinition
 from dc_pipeline.catalog import NIGHTLY_SWEEP, RETRAIN_JOB, SWEEP_JOB, WEEKLY_RETRAIN
 
 nightly_monitoring = ScheduleDefinition(
-    name=NIGHTLY_SWEEP, job_name=SWEEP_JOB, cron_schedule="0 2 * * *",
+    name=NIGHTLY_SWEEP,
+    job_name=SWEEP_JOB,
+    cron_schedule="0 2 * * *",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Every night at 02:00: refresh clean data, features and the monitoring overview.")
+    description="Every night at 02:00: refresh clean data, features and the monitoring overview.",
+)
 weekly_retrain = ScheduleDefinition(
-    name=WEEKLY_RETRAIN, job_name=RETRAIN_JOB, cron_schedule="0 3 * * 0",
+    name=WEEKLY_RETRAIN,
+    job_name=RETRAIN_JOB,
+    cron_schedule="0 3 * * 0",
     default_status=DefaultScheduleStatus.STOPPED,
     description="Sundays at 03:00: retrain both models and run the promotion gate (stopped by default; the "
-                "retraining trigger already retrains when the data says so).")
+    "retraining trigger already retrains when the data says so).",
+)

@@ -33,15 +33,21 @@ def outstanding_errors(ground_truth_path: str, conn) -> set[str]:
 
 
 @asset(
-    key=LABEL_ISSUES, deps=[DATASET_VERSION], group_name=CURATION, kinds={"scikitlearn", "duckdb"},
+    key=LABEL_ISSUES,
+    deps=[DATASET_VERSION],
+    group_name=CURATION,
+    kinds={"scikitlearn", "duckdb"},
     pool=DUCKDB_POOL,
-    description=("Likely label errors in the current dataset version, by confident learning (Northcutt et al., with "
-                 "cleanlab) on out-of-fold probabilities from 5-fold cross-validation of a logistic "
-                 "regression on the canonical pixels, over every split. The flagged images, most suspicious first, "
-                 "form the review queue (curation.review_queue)."),
+    description=(
+        "Likely label errors in the current dataset version, by confident learning (Northcutt et al., with "
+        "cleanlab) on out-of-fold probabilities from 5-fold cross-validation of a logistic "
+        "regression on the canonical pixels, over every split. The flagged images, most suspicious first, "
+        "form the review queue (curation.review_queue)."
+    ),
 )
-def label_issues(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse,
-                 label_audit: LabelAudit) -> MaterializeResult:
+def label_issues(
+    context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse, label_audit: LabelAudit
+) -> MaterializeResult:
     import numpy as np
     import pandas as pd
 
@@ -63,13 +69,21 @@ def label_issues(context: AssetExecutionContext, lake: DataLake, warehouse: Ware
     probs = out_of_fold_probabilities(x.reshape(len(x), -1), y, len(classes), k=5, seed=0)
     ranked = rank_label_issues(y, probs)
     rows = index.reset_index(drop=True).iloc[ranked["index"].to_numpy()].reset_index(drop=True)
-    queue = pd.DataFrame({
-        "rank": np.arange(1, len(ranked) + 1), "image_id": rows["image_id"], "sha256": rows["sha256"],
-        "given_label": np.asarray(classes)[ranked["given_label"].to_numpy()],
-        "suggested_label": np.asarray(classes)[ranked["suggested_label"].to_numpy()],
-        "score": ranked["score"].to_numpy(), "is_issue": ranked["is_issue"].to_numpy(),
-        "source": rows["source"], "batch_id": rows["batch_id"], "split": rows["split"],
-        "dataset_hash": meta["dataset_hash"]})
+    queue = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(ranked) + 1),
+            "image_id": rows["image_id"],
+            "sha256": rows["sha256"],
+            "given_label": np.asarray(classes)[ranked["given_label"].to_numpy()],
+            "suggested_label": np.asarray(classes)[ranked["suggested_label"].to_numpy()],
+            "score": ranked["score"].to_numpy(),
+            "is_issue": ranked["is_issue"].to_numpy(),
+            "source": rows["source"],
+            "batch_id": rows["batch_id"],
+            "split": rows["split"],
+            "dataset_hash": meta["dataset_hash"],
+        }
+    )
     queue = queue[queue["is_issue"]].reset_index(drop=True)
     queue["rank"] = np.arange(1, len(queue) + 1)
     with warehouse.get_connection() as conn:
@@ -80,35 +94,49 @@ def label_issues(context: AssetExecutionContext, lake: DataLake, warehouse: Ware
     pos = {(r.split, r.sha256): i for i, r in enumerate(index.itertuples())}
     preview = grid_png([[x[pos[(r.split, r.sha256)]]] for r in top.itertuples()]) if len(top) else None
     metadata = {
-        "dataset_hash": meta["dataset_hash"], "images_checked": int(len(x)), "flagged": int(len(queue)),
+        "dataset_hash": meta["dataset_hash"],
+        "images_checked": int(len(x)),
+        "flagged": int(len(queue)),
         "flagged_share": round(len(queue) / max(len(x), 1), 4),
         "model": "5-fold logistic regression on standardised pixels (out-of-fold), confident learning "
-                 "prune_by_noise_rate",
-        "review_queue_top": MetadataValue.md(top.drop(columns=["dataset_hash"]).to_markdown(index=False)
-                                             if len(top) else "_empty_"),
+        "prune_by_noise_rate",
+        "review_queue_top": MetadataValue.md(
+            top.drop(columns=["dataset_hash"]).to_markdown(index=False) if len(top) else "_empty_"
+        ),
     }
     if preview:
-        metadata["preview"] = MetadataValue.md("Top of the queue, in rank order (given -> suggested: "
-                                               + ", ".join(f"{a}->{b}" for a, b in zip(top.given_label,
-                                                                                      top.suggested_label))
-                                               + ")\n\n" + markdown_image(preview, "review queue"))
+        metadata["preview"] = MetadataValue.md(
+            "Top of the queue, in rank order (given -> suggested: "
+            + ", ".join(f"{a}->{b}" for a, b in zip(top.given_label, top.suggested_label))
+            + ")\n\n"
+            + markdown_image(preview, "review queue")
+        )
     if truth is not None:
         flagged = set(queue["sha256"])
         hits = len(flagged & truth)
-        metadata.update({"known_wrong_labels": len(truth),
-                         "precision_vs_known": round(hits / max(len(flagged), 1), 4),
-                         "recall_vs_known": round(hits / max(len(truth), 1), 4)})
+        metadata.update(
+            {
+                "known_wrong_labels": len(truth),
+                "precision_vs_known": round(hits / max(len(flagged), 1), 4),
+                "recall_vs_known": round(hits / max(len(truth), 1), 4),
+            }
+        )
         context.log.info(f"label issues: {len(flagged)} flagged, {hits} of {len(truth)} known wrong labels found")
     return MaterializeResult(metadata=metadata)
 
 
 @asset(
-    key=SLICE_ANALYSIS, deps=[CHAMPION, IMAGE_STATS], group_name=CURATION, kinds={"pytorch", "duckdb"},
+    key=SLICE_ANALYSIS,
+    deps=[CHAMPION, IMAGE_STATS],
+    group_name=CURATION,
+    kinds={"pytorch", "duckdb"},
     pool=DUCKDB_POOL,
-    description=("The champion's error, count and confidence per source, device, class and per octile of each image "
-                 "statistic, on the validation and test splits of the current dataset version; flags slices "
-                 "that are small and clearly worse than the whole (binomial test, Holm-corrected) with a "
-                 "suggestion: review labels, collect more data, or augment."),
+    description=(
+        "The champion's error, count and confidence per source, device, class and per octile of each image "
+        "statistic, on the validation and test splits of the current dataset version; flags slices "
+        "that are small and clearly worse than the whole (binomial test, Holm-corrected) with a "
+        "suggestion: review labels, collect more data, or augment."
+    ),
 )
 def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
     import numpy as np
@@ -140,14 +168,22 @@ def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
     df = pd.concat(frames).merge(stats.drop(columns=["label", "split"]), on="sha256", how="left")
     table = flag_slices(slice_table(df, n_buckets=8))
     with warehouse.get_connection() as conn:
-        replace_table(conn, "curation.slices", table.assign(model_version=champion.version_id,
-                                                             dataset_hash=meta["dataset_hash"]))
+        replace_table(
+            conn, "curation.slices", table.assign(model_version=champion.version_id, dataset_hash=meta["dataset_hash"])
+        )
     flagged = table[table["flagged"]]
-    return MaterializeResult(metadata={
-        "model_version": champion.version_id, "images": int(len(df)),
-        "overall_error": float(np.mean(~df["correct"])), "slices": int(len(table)),
-        "flagged": int(len(flagged)),
-        "flagged_slices": MetadataValue.md(flagged[["dimension", "slice", "count", "error", "suggestion"]]
-                                           .to_markdown(index=False) if len(flagged) else "_none_"),
-        "report": MetadataValue.md(slices_markdown(table)),
-    })
+    return MaterializeResult(
+        metadata={
+            "model_version": champion.version_id,
+            "images": int(len(df)),
+            "overall_error": float(np.mean(~df["correct"])),
+            "slices": int(len(table)),
+            "flagged": int(len(flagged)),
+            "flagged_slices": MetadataValue.md(
+                flagged[["dimension", "slice", "count", "error", "suggestion"]].to_markdown(index=False)
+                if len(flagged)
+                else "_none_"
+            ),
+            "report": MetadataValue.md(slices_markdown(table)),
+        }
+    )

@@ -40,12 +40,19 @@ def corrupted_path(lake: DataLake, dataset_hash: str):
 
 
 @asset(
-    key=CORRUPTED_TEST, deps=[DATASET_VERSION], group_name=EVALUATION, kinds={"numpy"}, pool=DUCKDB_POOL,
-    description=("The test split under every corruption of the robustness benchmark (noise, blur, weather-like, "
-                 "digital and geometric families) at 5 severities, in the spirit of MNIST-C and CIFAR-10-C."),
+    key=CORRUPTED_TEST,
+    deps=[DATASET_VERSION],
+    group_name=EVALUATION,
+    kinds={"numpy"},
+    pool=DUCKDB_POOL,
+    description=(
+        "The test split under every corruption of the robustness benchmark (noise, blur, weather-like, "
+        "digital and geometric families) at 5 severities, in the spirit of MNIST-C and CIFAR-10-C."
+    ),
 )
-def corrupted_test_set(context: AssetExecutionContext, config: CorruptionConfig, lake: DataLake,
-                       warehouse: Warehouse) -> MaterializeResult:
+def corrupted_test_set(
+    context: AssetExecutionContext, config: CorruptionConfig, lake: DataLake, warehouse: Warehouse
+) -> MaterializeResult:
     import numpy as np
 
     from dc_pipeline.core.data.features import DatasetVersion
@@ -62,33 +69,49 @@ def corrupted_test_set(context: AssetExecutionContext, config: CorruptionConfig,
             arrays[f"{name}__{severity}"] = np.rint(out * 255).astype(np.uint8)  # 8-bit, like the source images
     path = corrupted_path(lake, meta["dataset_hash"])
     np.savez_compressed(path, seed=config.seed, **arrays)
-    preview = grid_png([[x[k]] + [arrays[f"{n}__{s}"][k] / 255.0 for s in SEVERITIES] for k, n in
-                        enumerate(sorted(CORRUPTIONS))])
-    return MaterializeResult(metadata={
-        "dataset_hash": meta["dataset_hash"], "path": MetadataValue.path(lake.relative(path)), "test_images": int(len(x)),
-        "corruptions": len(CORRUPTIONS), "severities": len(SEVERITIES),
-        "catalogue": MetadataValue.md(corruption_table_markdown()),
-        "preview": MetadataValue.md("Each row: a clean test image, then one corruption at severities 1 to 5.\n\n"
-                                    + markdown_image(preview, "corruptions")),
-    })
+    preview = grid_png(
+        [[x[k]] + [arrays[f"{n}__{s}"][k] / 255.0 for s in SEVERITIES] for k, n in enumerate(sorted(CORRUPTIONS))]
+    )
+    return MaterializeResult(
+        metadata={
+            "dataset_hash": meta["dataset_hash"],
+            "path": MetadataValue.path(lake.relative(path)),
+            "test_images": int(len(x)),
+            "corruptions": len(CORRUPTIONS),
+            "severities": len(SEVERITIES),
+            "catalogue": MetadataValue.md(corruption_table_markdown()),
+            "preview": MetadataValue.md(
+                "Each row: a clean test image, then one corruption at severities 1 to 5.\n\n"
+                + markdown_image(preview, "corruptions")
+            ),
+        }
+    )
 
 
 def load_corrupted(path) -> dict:
     import numpy as np
 
     with np.load(path) as data:
-        return {(k.split("__")[0], int(k.split("__")[1])): data[k].astype(np.float32) / 255.0
-                for k in data.files if "__" in k}
+        return {
+            (k.split("__")[0], int(k.split("__")[1])): data[k].astype(np.float32) / 255.0
+            for k in data.files
+            if "__" in k
+        }
 
 
 @asset(
-    key=MODEL_EVALUATION, deps=[BASELINE_MODEL, AUGMIX_MODEL, CORRUPTED_TEST], group_name=EVALUATION,
-    kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL,
-    description=("Both newly trained models side by side (and the champion, re-evaluated on the same data): clean error, error per corruption and severity, mean "
-                 "corruption error (mCE) and the AugMix model's relative mCE, calibration (ECE and RMS calibration "
-                 "error) on clean and corrupted data, per-class and per-source errors, confusion matrix, and the "
-                 "automation rate at a confidence threshold chosen on validation data for at most 1% accepted "
-                 "error. Makes the AugMix model the challenger."),
+    key=MODEL_EVALUATION,
+    deps=[BASELINE_MODEL, AUGMIX_MODEL, CORRUPTED_TEST],
+    group_name=EVALUATION,
+    kinds={"pytorch", "duckdb"},
+    pool=DUCKDB_POOL,
+    description=(
+        "Both newly trained models side by side (and the champion, re-evaluated on the same data): clean error, error per corruption and severity, mean "
+        "corruption error (mCE) and the AugMix model's relative mCE, calibration (ECE and RMS calibration "
+        "error) on clean and corrupted data, per-class and per-source errors, confusion matrix, and the "
+        "automation rate at a confidence threshold chosen on validation data for at most 1% accepted "
+        "error. Makes the AugMix model the challenger."
+    ),
 )
 def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
     import pandas as pd
@@ -117,8 +140,14 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
     sources = index[index.split == "test"].sort_values("position")["source"].to_numpy()
     corrupted = load_corrupted(corrupted_path(lake, meta["dataset_hash"]))
     evaluations = {
-        kind: evaluate(model.predict_canonical, (xt, class_index(yt, classes)), (xv, class_index(yv, classes)),
-                       corrupted, sources, len(classes))
+        kind: evaluate(
+            model.predict_canonical,
+            (xt, class_index(yt, classes)),
+            (xv, class_index(yv, classes)),
+            corrupted,
+            sources,
+            len(classes),
+        )
         for kind, model in sorted(models.items())
     }
     rel = relative_corruption_error(evaluations["augmix"].corruption_errors, evaluations["baseline"].corruption_errors)
@@ -131,57 +160,83 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
                 extra = {"relative_mce_vs_baseline": rel.ratio} if kind == "augmix" else {}
                 registry.set_metrics(vid, {**ev.summary, **extra, "dataset_hash": meta["dataset_hash"]})
             common = {"version_id": vid, "kind": kind, "dataset_hash": meta["dataset_hash"]}
-            rows += [{**common, "metric": k, "corruption": None, "severity": None, "value": float(v)}
-                     for k, v in ev.summary.items()]
-            rows += [{**common, "metric": "error", "corruption": n, "severity": s, "value": e}
-                     for (n, s), e in ev.corruption_errors.items()]
+            rows += [
+                {**common, "metric": k, "corruption": None, "severity": None, "value": float(v)}
+                for k, v in ev.summary.items()
+            ]
+            rows += [
+                {**common, "metric": "error", "corruption": n, "severity": s, "value": e}
+                for (n, s), e in ev.corruption_errors.items()
+            ]
         frame = pd.DataFrame(rows).astype({"corruption": "string", "severity": "Int64"})
         for vid in frame.version_id.unique():
-            replace_rows(conn, "evaluation.metrics", frame[frame.version_id == vid],
-                         {"version_id": vid, "dataset_hash": meta["dataset_hash"]})
-        registry.set_alias("challenger", models[CANDIDATE_KIND].version_id,
-                           "newest AugMix model, evaluated", context.run_id)
+            replace_rows(
+                conn,
+                "evaluation.metrics",
+                frame[frame.version_id == vid],
+                {"version_id": vid, "dataset_hash": meta["dataset_hash"]},
+            )
+        registry.set_alias(
+            "challenger", models[CANDIDATE_KIND].version_id, "newest AugMix model, evaluated", context.run_id
+        )
     summary = pd.DataFrame({k: ev.summary for k, ev in evaluations.items()}).round(4)
     slices = pd.concat({k: ev.per_source.set_index("source")["error"] for k, ev in evaluations.items()}, axis=1)
     per_class = pd.concat({k: ev.per_class.set_index("label")["error"] for k, ev in evaluations.items()}, axis=1)
     confusion = pd.DataFrame(evaluations[CANDIDATE_KIND].confusion, index=classes, columns=classes)
-    return MaterializeResult(metadata={
-        "dataset_hash": meta["dataset_hash"],
-        **{f"{k}_version": models[k].version_id for k in models},
-        **{f"{k}_{m}": float(evaluations[k].summary[m]) for k in evaluations
-           for m in ("clean_error", "mce", "rms_calibration_corrupted", "automation_rate_corrupted")},
-        "augmix_relative_mce": float(rel.ratio),
-        "summary": MetadataValue.md(summary.to_markdown()),
-        "error_per_corruption_and_severity": MetadataValue.md("\n\n".join(
-            f"**{k}**\n\n" + ev.corruption_table().round(3).to_markdown() for k, ev in evaluations.items())),
-        "per_source_error": MetadataValue.md(slices.round(4).to_markdown()),
-        "per_class_error": MetadataValue.md(per_class.round(4).to_markdown()),
-        "confusion_matrix_augmix": MetadataValue.md(confusion.to_markdown()),
-        "plot_error_by_corruption": MetadataValue.md(markdown_image(error_by_corruption_png(evaluations))),
-        "plot_reliability": MetadataValue.md(markdown_image(reliability_png(evaluations))),
-    })
+    return MaterializeResult(
+        metadata={
+            "dataset_hash": meta["dataset_hash"],
+            **{f"{k}_version": models[k].version_id for k in models},
+            **{
+                f"{k}_{m}": float(evaluations[k].summary[m])
+                for k in evaluations
+                for m in ("clean_error", "mce", "rms_calibration_corrupted", "automation_rate_corrupted")
+            },
+            "augmix_relative_mce": float(rel.ratio),
+            "summary": MetadataValue.md(summary.to_markdown()),
+            "error_per_corruption_and_severity": MetadataValue.md(
+                "\n\n".join(
+                    f"**{k}**\n\n" + ev.corruption_table().round(3).to_markdown() for k, ev in evaluations.items()
+                )
+            ),
+            "per_source_error": MetadataValue.md(slices.round(4).to_markdown()),
+            "per_class_error": MetadataValue.md(per_class.round(4).to_markdown()),
+            "confusion_matrix_augmix": MetadataValue.md(confusion.to_markdown()),
+            "plot_error_by_corruption": MetadataValue.md(markdown_image(error_by_corruption_png(evaluations))),
+            "plot_reliability": MetadataValue.md(markdown_image(reliability_png(evaluations))),
+        }
+    )
 
 
 class PromotionPolicy(Config):
-    mce_relative_margin: float = Field(default=0.05, description="The challenger's mCE must beat the champion's "
-                                                                 "by this relative margin.")
-    max_clean_error_increase: float = Field(default=0.005, description="Clean error may rise by at most this "
-                                                                       "(0.005 = 0.5 points).")
-    calibration_tolerance: float = Field(default=0.0, description="RMS calibration error on corrupted data may "
-                                                                  "rise by at most this.")
+    mce_relative_margin: float = Field(
+        default=0.05, description="The challenger's mCE must beat the champion's by this relative margin."
+    )
+    max_clean_error_increase: float = Field(
+        default=0.005, description="Clean error may rise by at most this (0.005 = 0.5 points)."
+    )
+    calibration_tolerance: float = Field(
+        default=0.0, description="RMS calibration error on corrupted data may rise by at most this."
+    )
     first_max_clean_error: float = Field(default=0.10, description="Bound on the first model's clean error.")
     first_max_mce: float = Field(default=0.40, description="Bound on the first model's mCE.")
-    first_max_rms_calibration: float = Field(default=0.25, description="Bound on the first model's RMS "
-                                                                       "calibration error on corrupted data.")
+    first_max_rms_calibration: float = Field(
+        default=0.25, description="Bound on the first model's RMS calibration error on corrupted data."
+    )
 
 
 @asset_check(
-    asset=MODEL_EVALUATION, name="promotion_gate", blocking=True, pool=DUCKDB_POOL,
-    description=("Blocking. The challenger becomes champion only if its mCE beats the champion's by 5% (relative), "
-                 "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "
-                 "not worse, both measured on the same, current test data (the champion is re-evaluated on it). "
-                 "The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
-                 "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions."),
+    asset=MODEL_EVALUATION,
+    name="promotion_gate",
+    blocking=True,
+    pool=DUCKDB_POOL,
+    description=(
+        "Blocking. The challenger becomes champion only if its mCE beats the champion's by 5% (relative), "
+        "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "
+        "not worse, both measured on the same, current test data (the champion is re-evaluated on it). "
+        "The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
+        "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions."
+    ),
 )
 def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
     from dc_pipeline.core.ml.registry import GatePolicy, Registry, promotion_decision
@@ -194,16 +249,30 @@ def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: 
 
         def figures(version_id: str) -> dict:
             """A model's summary figures on the current dataset version's test data."""
-            rows = conn.execute("SELECT metric, value FROM evaluation.metrics WHERE version_id = ? AND "
-                                "dataset_hash = ? AND corruption IS NULL", [version_id, meta["dataset_hash"]]).fetchall()
+            rows = conn.execute(
+                "SELECT metric, value FROM evaluation.metrics WHERE version_id = ? AND "
+                "dataset_hash = ? AND corruption IS NULL",
+                [version_id, meta["dataset_hash"]],
+            ).fetchall()
             if not rows:
                 raise ValueError(f"{version_id} has no evaluation on dataset {meta['dataset_hash'][:12]}")
             return dict(rows)
 
-        decision = promotion_decision(challenger["version_id"], figures(challenger["version_id"]), champion_id,
-                                      figures(champion_id) if champion_id else None,
-                                      GatePolicy(**config.model_dump()))
+        decision = promotion_decision(
+            challenger["version_id"],
+            figures(challenger["version_id"]),
+            champion_id,
+            figures(champion_id) if champion_id else None,
+            GatePolicy(**config.model_dump()),
+        )
         registry.record_gate(decision, context.run.run_id)
-    return AssetCheckResult(passed=decision.passed, severity=AssetCheckSeverity.ERROR, metadata={
-        "challenger": decision.challenger, "champion": decision.champion or "none yet", "verdict": decision.verdict,
-        "inputs": MetadataValue.json(json.loads(json.dumps(decision.inputs, default=float)))})
+    return AssetCheckResult(
+        passed=decision.passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "challenger": decision.challenger,
+            "champion": decision.champion or "none yet",
+            "verdict": decision.verdict,
+            "inputs": MetadataValue.json(json.loads(json.dumps(decision.inputs, default=float))),
+        },
+    )

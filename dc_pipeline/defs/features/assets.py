@@ -29,23 +29,39 @@ MAX_Z = 4.0
 
 class FeaturesConfig(Config):
     image_size: int = Field(default=28, description="Side of the square grayscale model input, in pixels.")
-    split_salt: str = Field(default="dc-pipeline-splits-v1",
-                            description="Salt of the split hash. Changing it reshuffles every split: don't, "
-                                        "unless you mean to start a new test set.")
+    split_salt: str = Field(
+        default="dc-pipeline-splits-v1",
+        description="Salt of the split hash. Changing it reshuffles every split: don't, "
+        "unless you mean to start a new test set.",
+    )
     val_share: float = Field(default=0.15, description="Share of images in the validation split.")
     test_share: float = Field(default=0.15, description="Share of images in the test split.")
 
 
 @multi_asset(
     specs=[
-        AssetSpec(DATASET_VERSION, group_name=FEATURES, kinds={"duckdb", "numpy"}, deps=[IMAGES],
-                  description=("The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per "
-                               "image from its content hash, stored as immutable shards named by the dataset hash. "
-                               "`features.dataset_versions` records every version and `features.dataset_members` its images; "
-                               "`features.dataset_index` lists the current one's images with their splits.")),
-        AssetSpec(IMAGE_STATS, group_name=FEATURES, kinds={"duckdb", "pandas"}, deps=[IMAGES],
-                  description=("Per-image statistics for monitoring and slicing: mean intensity, contrast, ink "
-                               "fraction, edge energy, sharpness, centre of mass, bounding box, with source and batch.")),
+        AssetSpec(
+            DATASET_VERSION,
+            group_name=FEATURES,
+            kinds={"duckdb", "numpy"},
+            deps=[IMAGES],
+            description=(
+                "The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per "
+                "image from its content hash, stored as immutable shards named by the dataset hash. "
+                "`features.dataset_versions` records every version and `features.dataset_members` its images; "
+                "`features.dataset_index` lists the current one's images with their splits."
+            ),
+        ),
+        AssetSpec(
+            IMAGE_STATS,
+            group_name=FEATURES,
+            kinds={"duckdb", "pandas"},
+            deps=[IMAGES],
+            description=(
+                "Per-image statistics for monitoring and slicing: mean intensity, contrast, ink "
+                "fraction, edge energy, sharpness, centre of mass, bounding box, with source and batch."
+            ),
+        ),
     ],
     pool=DUCKDB_POOL,
 )
@@ -63,18 +79,26 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
     from dc_pipeline.warehouse.io import append_rows, replace_table, table_exists
 
     with warehouse.get_connection() as conn:
-        images = conn.execute("SELECT image_id, sha256, label, source, batch_id, device_id FROM clean.images "
-                              "ORDER BY sha256").df()
-        decisions = (conn.execute("SELECT * FROM clean.review_decisions").df()
-                     if table_exists(conn, "clean.review_decisions") else pd.DataFrame())
+        images = conn.execute(
+            "SELECT image_id, sha256, label, source, batch_id, device_id FROM clean.images ORDER BY sha256"
+        ).df()
+        decisions = (
+            conn.execute("SELECT * FROM clean.review_decisions").df()
+            if table_exists(conn, "clean.review_decisions")
+            else pd.DataFrame()
+        )
     if images.empty:
         raise ValueError("clean.images is empty: nothing to build a dataset from")
     # The curated dataset applies the latest reviewer decision per image; raw and clean rows stay as delivered.
     applied = latest_decisions(decisions) if len(decisions) else pd.DataFrame(columns=DECISION_COLUMNS)
     applied = applied[applied["sha256"].isin(images["sha256"])]
     curation = images.merge(applied, on="sha256", how="inner", suffixes=("", "_review"))
-    relabel = dict(zip(applied.loc[applied.decision == "relabel", "sha256"],
-                       applied.loc[applied.decision == "relabel", "new_label"]))
+    relabel = dict(
+        zip(
+            applied.loc[applied.decision == "relabel", "sha256"],
+            applied.loc[applied.decision == "relabel", "new_label"],
+        )
+    )
     images = images[~images["sha256"].isin(applied.loc[applied.decision == "exclude", "sha256"])].copy()
     images["label"] = [int(relabel.get(s, lab)) for s, lab in zip(images["sha256"], images["label"])]
     store = lake.object_store()
@@ -92,56 +116,100 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
     counts = images.groupby("split").size().reindex(["train", "val", "test"], fill_value=0)
     per_class = images.groupby(["split", "label"]).size().unstack(fill_value=0)
     now = datetime.now(UTC).replace(tzinfo=None)
-    record = pd.DataFrame([{
-        "dataset_hash": version_hash, "created_at": now, "image_size": config.image_size,
-        "split_salt": config.split_salt, "val_share": config.val_share, "test_share": config.test_share,
-        "n_images": int(len(images)),
-        "n_train": int(counts["train"]), "n_val": int(counts["val"]), "n_test": int(counts["test"]),
-        "class_counts": json.dumps({s: {str(k): int(v) for k, v in row.items()} for s, row in per_class.iterrows()}),
-        "upstream_batches": json.dumps(sorted(f"{a}/{b}" for a, b in set(zip(images.source, images.batch_id)))),
-        "path": lake.relative(version.folder), "code_version": str(code_version()["label"]), "is_current": True,
-        "relabelled": int((curation["decision"] == "relabel").sum()),
-        "excluded": int((curation["decision"] == "exclude").sum()),
-    }])
+    record = pd.DataFrame(
+        [
+            {
+                "dataset_hash": version_hash,
+                "created_at": now,
+                "image_size": config.image_size,
+                "split_salt": config.split_salt,
+                "val_share": config.val_share,
+                "test_share": config.test_share,
+                "n_images": int(len(images)),
+                "n_train": int(counts["train"]),
+                "n_val": int(counts["val"]),
+                "n_test": int(counts["test"]),
+                "class_counts": json.dumps(
+                    {s: {str(k): int(v) for k, v in row.items()} for s, row in per_class.iterrows()}
+                ),
+                "upstream_batches": json.dumps(sorted(f"{a}/{b}" for a, b in set(zip(images.source, images.batch_id)))),
+                "path": lake.relative(version.folder),
+                "code_version": str(code_version()["label"]),
+                "is_current": True,
+                "relabelled": int((curation["decision"] == "relabel").sum()),
+                "excluded": int((curation["decision"] == "exclude").sum()),
+            }
+        ]
+    )
     with warehouse.get_connection() as conn:
         if table_exists(conn, "features.dataset_versions"):
             conn.execute("UPDATE features.dataset_versions SET is_current = false")
             conn.execute("DELETE FROM features.dataset_versions WHERE dataset_hash = ?", [version_hash])
         append_rows(conn, "features.dataset_versions", record)
-        if not table_exists(conn, "features.dataset_members") or not conn.execute(
-                "SELECT count(*) FROM features.dataset_members WHERE dataset_hash = ?", [version_hash]).fetchone()[0]:
-            append_rows(conn, "features.dataset_members",
-                        pd.DataFrame({"dataset_hash": version_hash, "sha256": images["sha256"]}))
+        if (
+            not table_exists(conn, "features.dataset_members")
+            or not conn.execute(
+                "SELECT count(*) FROM features.dataset_members WHERE dataset_hash = ?", [version_hash]
+            ).fetchone()[0]
+        ):
+            append_rows(
+                conn,
+                "features.dataset_members",
+                pd.DataFrame({"dataset_hash": version_hash, "sha256": images["sha256"]}),
+            )
         replace_table(conn, "features.dataset_index", version.index())
-        replace_table(conn, "features.curation_lineage", pd.DataFrame({
-            "dataset_hash": version_hash, "sha256": curation["sha256"], "image_id": curation["image_id"],
-            "delivered_label": curation["label"].astype(int), "decision": curation["decision"].astype("string"),
-            "new_label": curation["new_label"].astype("Int64"), "reviewer": curation["reviewer"].astype("string"),
-            "reason": curation["reason"].astype("string"), "decided_at": curation["decided_at"],
-            "review_source": curation["source_review"].astype("string"),
-            "review_batch": curation["batch_id_review"].astype("string"),
-            "review_row": curation["row_number"].astype("Int64")}))
+        replace_table(
+            conn,
+            "features.curation_lineage",
+            pd.DataFrame(
+                {
+                    "dataset_hash": version_hash,
+                    "sha256": curation["sha256"],
+                    "image_id": curation["image_id"],
+                    "delivered_label": curation["label"].astype(int),
+                    "decision": curation["decision"].astype("string"),
+                    "new_label": curation["new_label"].astype("Int64"),
+                    "reviewer": curation["reviewer"].astype("string"),
+                    "reason": curation["reason"].astype("string"),
+                    "decided_at": curation["decided_at"],
+                    "review_source": curation["source_review"].astype("string"),
+                    "review_batch": curation["batch_id_review"].astype("string"),
+                    "review_row": curation["row_number"].astype("Int64"),
+                }
+            ),
+        )
         replace_table(conn, "features.image_stats", stats)
     context.log.info(f"dataset version {version_hash[:12]}: {dict(counts)} ({'new' if created else 'unchanged'})")
-    yield MaterializeResult(asset_key=DATASET_VERSION, metadata={
-        "dataset_hash": version_hash, "new_version": created, "path": MetadataValue.path(lake.relative(version.folder)),
-        "review_decisions_applied": MetadataValue.json(
-            {k: int(v) for k, v in curation["decision"].value_counts().items()}),
-        "dagster/row_count": int(len(images)),
-        "split_counts": counts_markdown(counts, "split"),
-        "class_share_per_split": MetadataValue.md(stratification_table(images).round(3).to_markdown()),
-        "image_shape": f"{config.image_size}x{config.image_size}, 1 channel, float32 in [0, 1]",
-    })
+    yield MaterializeResult(
+        asset_key=DATASET_VERSION,
+        metadata={
+            "dataset_hash": version_hash,
+            "new_version": created,
+            "path": MetadataValue.path(lake.relative(version.folder)),
+            "review_decisions_applied": MetadataValue.json(
+                {k: int(v) for k, v in curation["decision"].value_counts().items()}
+            ),
+            "dagster/row_count": int(len(images)),
+            "split_counts": counts_markdown(counts, "split"),
+            "class_share_per_split": MetadataValue.md(stratification_table(images).round(3).to_markdown()),
+            "image_shape": f"{config.image_size}x{config.image_size}, 1 channel, float32 in [0, 1]",
+        },
+    )
     yield MaterializeResult(asset_key=IMAGE_STATS, metadata=table_metadata(stats.round(4)))
 
 
 @asset_check(
-    asset=DATASET_VERSION, name="feature_expectations", blocking=True, pool=DUCKDB_POOL,
-    description=("Blocking. Great Expectations on the current dataset version: every pixel in [0, 1] and no NaN "
-                 "(per-image min, max and NaN count), no image in two splits, split shares within "
-                 f"{MAX_Z:g} binomial standard errors of their targets, overall and within each class "
-                 "(stratification), and every class present in every split. A model trained on a broken "
-                 "dataset version is wasted compute and a misleading evaluation."),
+    asset=DATASET_VERSION,
+    name="feature_expectations",
+    blocking=True,
+    pool=DUCKDB_POOL,
+    description=(
+        "Blocking. Great Expectations on the current dataset version: every pixel in [0, 1] and no NaN "
+        "(per-image min, max and NaN count), no image in two splits, split shares within "
+        f"{MAX_Z:g} binomial standard errors of their targets, overall and within each class "
+        "(stratification), and every class present in every split. A model trained on a broken "
+        "dataset version is wasted compute and a misleading evaluation."
+    ),
 )
 def feature_expectations(lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
     import numpy as np
@@ -158,41 +226,75 @@ def feature_expectations(lake: DataLake, warehouse: Warehouse) -> AssetCheckResu
     for split in SPLITS:
         x, _ = version.split(split, mmap=True)
         flat = np.asarray(x).reshape(len(x), -1)
-        per_image.append(pd.DataFrame({"split": split, "min": flat.min(axis=1, initial=0.0),
-                                       "max": flat.max(axis=1, initial=0.0),
-                                       "nan_count": np.isnan(flat).sum(axis=1)}))
+        per_image.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "min": flat.min(axis=1, initial=0.0),
+                    "max": flat.max(axis=1, initial=0.0),
+                    "nan_count": np.isnan(flat).sum(axis=1),
+                }
+            )
+        )
     pixels = pd.concat(per_image, ignore_index=True)
     pixels["sha256"] = index["sha256"].to_numpy()
-    targets = {"train": 1 - meta["val_share"] - meta["test_share"],
-               "val": meta["val_share"], "test": meta["test_share"]}
+    targets = {
+        "train": 1 - meta["val_share"] - meta["test_share"],
+        "val": meta["val_share"],
+        "test": meta["test_share"],
+    }
 
     def z(share: float, target: float, n: int) -> float:
         return abs(share - target) / float(np.sqrt(target * (1 - target) / max(n, 1)))
 
     shares = index["split"].value_counts(normalize=True)
-    split_frame = pd.DataFrame({"split": list(targets), "z": [z(shares.get(s, 0.0), t, len(index))
-                                                              for s, t in targets.items()]})
+    split_frame = pd.DataFrame(
+        {"split": list(targets), "z": [z(shares.get(s, 0.0), t, len(index)) for s, t in targets.items()]}
+    )
     strat, per_class = stratification_table(index), index["label"].value_counts()
-    strat_dev = pd.DataFrame({"label": strat.index.astype(str), "z": [
-        max(z(strat.loc[c, s], targets[s], int(per_class[c])) for s in SPLITS) for c in strat.index]})
+    strat_dev = pd.DataFrame(
+        {
+            "label": strat.index.astype(str),
+            "z": [max(z(strat.loc[c, s], targets[s], int(per_class[c])) for s in SPLITS) for c in strat.index],
+        }
+    )
     classes = lake.contracts().project.classes
     present = index.groupby("split")["label"].nunique().reindex(list(SPLITS), fill_value=0)
     summaries = [
-        validate(pixels, [E("ExpectColumnValuesToBeBetween", column="min", min_value=0.0, max_value=1.0),
-                          E("ExpectColumnValuesToBeBetween", column="max", min_value=0.0, max_value=1.0),
-                          E("ExpectColumnValuesToBeInSet", column="nan_count", value_set=[0]),
-                          E("ExpectColumnValuesToBeUnique", column="sha256")], id_column="sha256", name="pixels"),
-        validate(split_frame, [E("ExpectColumnValuesToBeBetween", column="z", min_value=0, max_value=MAX_Z)],
-                 id_column="split", name="split_sizes"),
-        validate(strat_dev, [E("ExpectColumnValuesToBeBetween", column="z", min_value=0, max_value=MAX_Z)],
-                 id_column="label", name="stratification"),
-        validate(pd.DataFrame({"split": present.index, "classes": present.to_numpy()}),
-                 [E("ExpectColumnValuesToBeBetween", column="classes", min_value=len(classes),
-                    max_value=len(classes))], id_column="split", name="classes_per_split"),
+        validate(
+            pixels,
+            [
+                E("ExpectColumnValuesToBeBetween", column="min", min_value=0.0, max_value=1.0),
+                E("ExpectColumnValuesToBeBetween", column="max", min_value=0.0, max_value=1.0),
+                E("ExpectColumnValuesToBeInSet", column="nan_count", value_set=[0]),
+                E("ExpectColumnValuesToBeUnique", column="sha256"),
+            ],
+            id_column="sha256",
+            name="pixels",
+        ),
+        validate(
+            split_frame,
+            [E("ExpectColumnValuesToBeBetween", column="z", min_value=0, max_value=MAX_Z)],
+            id_column="split",
+            name="split_sizes",
+        ),
+        validate(
+            strat_dev,
+            [E("ExpectColumnValuesToBeBetween", column="z", min_value=0, max_value=MAX_Z)],
+            id_column="label",
+            name="stratification",
+        ),
+        validate(
+            pd.DataFrame({"split": present.index, "classes": present.to_numpy()}),
+            [E("ExpectColumnValuesToBeBetween", column="classes", min_value=len(classes), max_value=len(classes))],
+            id_column="split",
+            name="classes_per_split",
+        ),
     ]
     metadata: dict = {"dataset_hash": meta["dataset_hash"]}
     for name, s in zip(("pixels", "split_sizes", "stratification", "classes_per_split"), summaries):
         metadata.update(s.metadata(prefix=f"{name}."))
     metadata["report"] = MetadataValue.md("\n\n".join(s.markdown() for s in summaries))
-    return AssetCheckResult(passed=all(s.success for s in summaries), severity=AssetCheckSeverity.ERROR,
-                            metadata=metadata)
+    return AssetCheckResult(
+        passed=all(s.success for s in summaries), severity=AssetCheckSeverity.ERROR, metadata=metadata
+    )

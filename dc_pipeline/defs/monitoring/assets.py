@@ -27,16 +27,22 @@ def build_drift(source: str) -> list:
     partitions = batches_of(source)
 
     @asset(
-        key=drift_key(source), partitions_def=partitions, deps=[IMAGES, IMAGE_STATS, CHAMPION], group_name=MONITORING,
-        kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL,
-        description=(f"Drift report of a `{source}` batch against the champion's training split (its `{source}` "
-                     "images when there are at least 100, since sources differ in resolution): schema against "
-                     "the contract and the previous batch; per image statistic a KS test (Holm-corrected), "
-                     "Wasserstein distance and PSI; label and source mix; MMD with a permutation p-value on "
-                     "the champion's embeddings (subsampled); the champion's confidence and class mix against "
-                     "the test split, and its error where the batch has labels. Every value goes to "
-                     "monitoring.drift_history with the verdict (none / warn / drift) and its thresholds; an "
-                     "HTML report is written under data/reports/."),
+        key=drift_key(source),
+        partitions_def=partitions,
+        deps=[IMAGES, IMAGE_STATS, CHAMPION],
+        group_name=MONITORING,
+        kinds={"pytorch", "duckdb"},
+        pool=DUCKDB_POOL,
+        description=(
+            f"Drift report of a `{source}` batch against the champion's training split (its `{source}` "
+            "images when there are at least 100, since sources differ in resolution): schema against "
+            "the contract and the previous batch; per image statistic a KS test (Holm-corrected), "
+            "Wasserstein distance and PSI; label and source mix; MMD with a permutation p-value on "
+            "the champion's embeddings (subsampled); the champion's confidence and class mix against "
+            "the test split, and its error where the batch has labels. Every value goes to "
+            "monitoring.drift_history with the verdict (none / warn / drift) and its thresholds; an "
+            "HTML report is written under data/reports/."
+        ),
     )
     def drift_report(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
         return run_drift_report(context, source, context.partition_key, lake, warehouse)
@@ -45,9 +51,14 @@ def build_drift(source: str) -> list:
 
 
 @asset(
-    key=OVERVIEW, group_name=MONITORING, kinds={"duckdb"}, pool=DUCKDB_POOL,
-    description=("Business and model figures over time, one row per scored batch: automation rate, review-queue "
-                 "size, error where labels exist, and the batch's drift verdict."),
+    key=OVERVIEW,
+    group_name=MONITORING,
+    kinds={"duckdb"},
+    pool=DUCKDB_POOL,
+    description=(
+        "Business and model figures over time, one row per scored batch: automation rate, review-queue "
+        "size, error where labels exist, and the batch's drift verdict."
+    ),
 )
 def overview(warehouse: Warehouse) -> MaterializeResult:
     from dc_pipeline.core.plots import markdown_image
@@ -56,16 +67,21 @@ def overview(warehouse: Warehouse) -> MaterializeResult:
     with warehouse.get_connection() as conn:
         if not table_exists(conn, BATCH_SUMMARY):
             return MaterializeResult(metadata={"batches": 0, "note": "no batch has been scored yet"})
-        verdicts = (f"LEFT JOIN {DRIFT_VERDICTS} v USING (source, batch_id)" if table_exists(conn, DRIFT_VERDICTS)
-                    else "LEFT JOIN (SELECT NULL AS source, NULL AS batch_id, NULL AS verdict) v USING (source, batch_id)")
+        verdicts = (
+            f"LEFT JOIN {DRIFT_VERDICTS} v USING (source, batch_id)"
+            if table_exists(conn, DRIFT_VERDICTS)
+            else "LEFT JOIN (SELECT NULL AS source, NULL AS batch_id, NULL AS verdict) v USING (source, batch_id)"
+        )
         table = conn.execute(f"SELECT s.*, v.verdict FROM {BATCH_SUMMARY} s {verdicts} ORDER BY s.scored_at").df()
-    return MaterializeResult(metadata={
-        "batches": int(len(table)),
-        "latest_automation_rate": float(table["automation_rate"].iloc[-1]) if len(table) else 0.0,
-        "total_review_queue": int(table["review_queue"].sum()),
-        "table": MetadataValue.md(table.round(4).to_markdown(index=False)),
-        "plot": MetadataValue.md(markdown_image(overview_png(table))) if len(table) else "",
-    })
+    return MaterializeResult(
+        metadata={
+            "batches": int(len(table)),
+            "latest_automation_rate": float(table["automation_rate"].iloc[-1]) if len(table) else 0.0,
+            "total_review_queue": int(table["review_queue"].sum()),
+            "table": MetadataValue.md(table.round(4).to_markdown(index=False)),
+            "plot": MetadataValue.md(markdown_image(overview_png(table))) if len(table) else "",
+        }
+    )
 
 
 def overview_png(table) -> bytes:
@@ -109,9 +125,11 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
             return MaterializeResult(metadata={"verdict": "not evaluated", "reason": "no champion model yet"})
         rows = accepted_batch(conn, source, batch_id)
         x = canonical_batch(rows, lake, champion.input_size)
-        schema = conn.execute("SELECT status, messages, changed_from_previous, schema_hash FROM raw.schema_history "
-                              "WHERE source = ? AND batch_id = ? ORDER BY observed_at DESC LIMIT 1",
-                              [source, batch_id]).fetchone()
+        schema = conn.execute(
+            "SELECT status, messages, changed_from_previous, schema_hash FROM raw.schema_history "
+            "WHERE source = ? AND batch_id = ? ORDER BY observed_at DESC LIMIT 1",
+            [source, batch_id],
+        ).fetchone()
     if rows.empty:
         return MaterializeResult(metadata={"verdict": "not evaluated", "reason": "no accepted images in this batch"})
     version = DatasetVersion(lake.datasets, champion.record["dataset_hash"])
@@ -131,22 +149,42 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     ref_stats, cur_stats = image_statistics(x_ref), image_statistics(x)
     test_probs, cur_probs = champion.predict_canonical(x_test), champion.predict_canonical(x)
     report = drift_report(
-        ref_stats, cur_stats,
-        ref_emb=champion.embed_canonical(x_ref), cur_emb=champion.embed_canonical(x),
-        ref_probs=test_probs, cur_probs=cur_probs,
-        ref_labels=class_index(y_ref, classes), cur_labels=class_index(rows["label"], classes),
-        ref_sources=ref_sources.tolist(), cur_sources=rows["source"].tolist(),
+        ref_stats,
+        cur_stats,
+        ref_emb=champion.embed_canonical(x_ref),
+        cur_emb=champion.embed_canonical(x),
+        ref_probs=test_probs,
+        cur_probs=cur_probs,
+        ref_labels=class_index(y_ref, classes),
+        cur_labels=class_index(rows["label"], classes),
+        ref_sources=ref_sources.tolist(),
+        cur_sources=rows["source"].tolist(),
         test_labels=class_index(y_test, classes),
     )
     now = datetime.now(UTC).replace(tzinfo=None)
     history = pd.DataFrame(report.rows())
-    schema_rows = pd.DataFrame([
-        {"section": "schema", "test": "contract", "feature": "", "statistic": "status", "value": None,
-         "crossed": schema is not None and schema[0] != "ok", "detail": schema[1] if schema else None},
-        {"section": "schema", "test": "previous_batch", "feature": "", "statistic": "schema_changed",
-         "value": float(bool(schema and schema[2])), "crossed": bool(schema and schema[2]),
-         "detail": schema[3] if schema else None},
-    ])
+    schema_rows = pd.DataFrame(
+        [
+            {
+                "section": "schema",
+                "test": "contract",
+                "feature": "",
+                "statistic": "status",
+                "value": None,
+                "crossed": schema is not None and schema[0] != "ok",
+                "detail": schema[1] if schema else None,
+            },
+            {
+                "section": "schema",
+                "test": "previous_batch",
+                "feature": "",
+                "statistic": "schema_changed",
+                "value": float(bool(schema and schema[2])),
+                "crossed": bool(schema and schema[2]),
+                "detail": schema[3] if schema else None,
+            },
+        ]
+    )
     history = pd.concat([history, schema_rows], ignore_index=True)
     history.insert(0, "batch_id", batch_id)
     history.insert(0, "source", source)
@@ -160,12 +198,22 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
             history[col] = history[col].astype("boolean")
         elif col != "reported_at":
             history[col] = history[col].astype("string")
-    verdict_row = pd.DataFrame([{"source": source, "batch_id": batch_id, "verdict": report.verdict,
-                                 "reference": reference,
-                                 "reasons": json.dumps(report.reasons), "thresholds": json.dumps(report.thresholds),
-                                 "reference_dataset": champion.record["dataset_hash"],
-                                 "model_version": champion.version_id, "images": int(len(rows)),
-                                 "reported_at": now}])
+    verdict_row = pd.DataFrame(
+        [
+            {
+                "source": source,
+                "batch_id": batch_id,
+                "verdict": report.verdict,
+                "reference": reference,
+                "reasons": json.dumps(report.reasons),
+                "thresholds": json.dumps(report.thresholds),
+                "reference_dataset": champion.record["dataset_hash"],
+                "model_version": champion.version_id,
+                "images": int(len(rows)),
+                "reported_at": now,
+            }
+        ]
+    )
     with warehouse.get_connection() as conn:
         replace_rows(conn, DRIFT_HISTORY, history, {"source": source, "batch_id": batch_id})
         replace_rows(conn, DRIFT_VERDICTS, verdict_row, {"source": source, "batch_id": batch_id})
@@ -174,12 +222,19 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     html_path = lake.reports / f"drift_{source}_{batch_id}.html"
     html_path.write_text(report.html(plots))
     (context.log.warning if report.verdict != "none" else context.log.info)(
-        f"{source}/{batch_id}: drift verdict {report.verdict}: {'; '.join(report.reasons) or 'no test crossed'}")
-    return MaterializeResult(metadata={
-        "verdict": report.verdict, "reasons": MetadataValue.md("\n".join(f"- {r}" for r in report.reasons) or "_none_"),
-        "images": int(len(rows)), "reference": reference,
-        "model_version": champion.version_id, "html_report": MetadataValue.path(lake.relative(html_path)),
-        "thresholds": MetadataValue.json(report.thresholds),
-        "report": MetadataValue.md(report.markdown() + "\n\n" + "\n\n".join(
-            markdown_image(png, name) for name, png in plots.items())),
-    })
+        f"{source}/{batch_id}: drift verdict {report.verdict}: {'; '.join(report.reasons) or 'no test crossed'}"
+    )
+    return MaterializeResult(
+        metadata={
+            "verdict": report.verdict,
+            "reasons": MetadataValue.md("\n".join(f"- {r}" for r in report.reasons) or "_none_"),
+            "images": int(len(rows)),
+            "reference": reference,
+            "model_version": champion.version_id,
+            "html_report": MetadataValue.path(lake.relative(html_path)),
+            "thresholds": MetadataValue.json(report.thresholds),
+            "report": MetadataValue.md(
+                report.markdown() + "\n\n" + "\n\n".join(markdown_image(png, name) for name, png in plots.items())
+            ),
+        }
+    )

@@ -7,9 +7,15 @@ from dc_pipeline.defs.resources import DataLake, Warehouse
 
 
 @asset(
-    key=CHAMPION, deps=[MODEL_EVALUATION], group_name=REGISTRY, kinds={"duckdb"}, pool=DUCKDB_POOL,
-    description=("The champion alias: moved to the challenger when the promotion gate passed (this asset only runs "
-                 "then); every move is recorded in registry.alias_history with the gate's verdict."),
+    key=CHAMPION,
+    deps=[MODEL_EVALUATION],
+    group_name=REGISTRY,
+    kinds={"duckdb"},
+    pool=DUCKDB_POOL,
+    description=(
+        "The champion alias: moved to the challenger when the promotion gate passed (this asset only runs "
+        "then); every move is recorded in registry.alias_history with the gate's verdict."
+    ),
 )
 def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
     from dc_pipeline.core.ml.registry import Registry
@@ -17,14 +23,21 @@ def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehous
     with warehouse.get_connection() as conn:
         registry = Registry(conn, lake.artifacts).ensure()
         challenger = registry.alias("challenger")
-        verdict = conn.execute("SELECT passed, verdict FROM registry.gate_decisions WHERE challenger = ? "
-                               "ORDER BY decided_at DESC LIMIT 1", [challenger]).fetchone()
+        verdict = conn.execute(
+            "SELECT passed, verdict FROM registry.gate_decisions WHERE challenger = ? ORDER BY decided_at DESC LIMIT 1",
+            [challenger],
+        ).fetchone()
         if verdict is None or not verdict[0]:
             raise ValueError(f"challenger {challenger} has no passing gate decision; the champion stays")
         moved = registry.set_alias("champion", challenger, verdict[1], context.run_id)
         record = registry.get("champion")
         history = conn.execute("SELECT * FROM registry.alias_history ORDER BY moved_at DESC LIMIT 10").df()
-    return MaterializeResult(metadata={
-        "champion": record["version_id"], "moved": moved, "reason": verdict[1],
-        "metrics": MetadataValue.json(record["metrics"]),
-        "alias_history": MetadataValue.md(history.to_markdown(index=False))})
+    return MaterializeResult(
+        metadata={
+            "champion": record["version_id"],
+            "moved": moved,
+            "reason": verdict[1],
+            "metrics": MetadataValue.json(record["metrics"]),
+            "alias_history": MetadataValue.md(history.to_markdown(index=False)),
+        }
+    )

@@ -13,12 +13,18 @@ def build_scoring(source: str) -> list:
     partitions = batches_of(source)
 
     @asset(
-        key=scores_key(source), partitions_def=partitions, deps=[IMAGES, CHAMPION], group_name=SCORING,
-        kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL,
-        description=(f"The champion's predictions for the accepted images of a `{source}` batch: top class, "
-                     "confidence, model version and routing (auto-accept at or above the automation threshold "
-                     "chosen in evaluation, otherwise human review). `scoring.batch_summary` tracks the "
-                     "automation rate and review-queue size per batch next to the model figures."),
+        key=scores_key(source),
+        partitions_def=partitions,
+        deps=[IMAGES, CHAMPION],
+        group_name=SCORING,
+        kinds={"pytorch", "duckdb"},
+        pool=DUCKDB_POOL,
+        description=(
+            f"The champion's predictions for the accepted images of a `{source}` batch: top class, "
+            "confidence, model version and routing (auto-accept at or above the automation threshold "
+            "chosen in evaluation, otherwise human review). `scoring.batch_summary` tracks the "
+            "automation rate and review-queue size per batch next to the model figures."
+        ),
     )
     def batch_scores(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
         import pandas as pd
@@ -43,11 +49,16 @@ def build_scoring(source: str) -> list:
         with warehouse.get_connection() as conn:
             replace_rows(conn, PREDICTIONS, scores, {"source": source, "batch_id": batch_id})
             replace_rows(conn, BATCH_SUMMARY, pd.DataFrame([summary]), {"source": source, "batch_id": batch_id})
-        return MaterializeResult(metadata={
-            "scored": int(len(scores)), "model_version": champion.version_id, "threshold": threshold,
-            "automation_rate": summary["automation_rate"], "review_queue": summary["review_queue"],
-            "error_on_labelled": summary["error"] if summary["error"] is not None else "no labels",
-            "preview": MetadataValue.md(scores.drop(columns=["probabilities"]).head(8).to_markdown(index=False)),
-        })
+        return MaterializeResult(
+            metadata={
+                "scored": int(len(scores)),
+                "model_version": champion.version_id,
+                "threshold": threshold,
+                "automation_rate": summary["automation_rate"],
+                "review_queue": summary["review_queue"],
+                "error_on_labelled": summary["error"] if summary["error"] is not None else "no labels",
+                "preview": MetadataValue.md(scores.drop(columns=["probabilities"]).head(8).to_markdown(index=False)),
+            }
+        )
 
     return [batch_scores]

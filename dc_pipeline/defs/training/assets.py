@@ -66,13 +66,16 @@ def build_model_asset(kind: str):
     deps = [DATASET_VERSION] + ([AUGMENTED_SAMPLES] if kind == "augmix" else [])
     description = {
         "baseline": "A small CNN trained with plain cross-entropy on the current dataset version: the reference.",
-        "augmix": ("The same CNN trained with AugMix and the Jensen-Shannon consistency loss (cross-entropy on the "
-                   "clean logits + weight x JSD over clean and two AugMix views), as in Hendrycks et al. 2020. "
-                   "Runs only when the augmentation passed its label check."),
+        "augmix": (
+            "The same CNN trained with AugMix and the Jensen-Shannon consistency loss (cross-entropy on the "
+            "clean logits + weight x JSD over clean and two AugMix views), as in Hendrycks et al. 2020. "
+            "Runs only when the augmentation passed its label check."
+        ),
     }[kind]
 
-    @asset(key=key, deps=deps, group_name=TRAINING, kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL,
-           description=description)
+    @asset(
+        key=key, deps=deps, group_name=TRAINING, kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL, description=description
+    )
     def model(context: AssetExecutionContext, config: TrainingConfig, lake: DataLake, warehouse: Warehouse):
         import pandas as pd
 
@@ -91,8 +94,10 @@ def build_model_asset(kind: str):
         (x, y), (xv, yv) = version.split("train"), version.split("val")
 
         def log_epoch(h: dict) -> None:
-            context.log.info(f"{kind} epoch {h['epoch']}: loss {h['loss']:.4f}, val error {h['val_error']:.4f}, "
-                             f"{h['images_per_sec']:.0f} images/s")
+            context.log.info(
+                f"{kind} epoch {h['epoch']}: loss {h['loss']:.4f}, val error {h['val_error']:.4f}, "
+                f"{h['images_per_sec']:.0f} images/s"
+            )
 
         cfg = train_config(config, len(classes))
         result = train(x, class_index(y, classes), xv, class_index(yv, classes), cfg, mode=kind, on_epoch=log_epoch)
@@ -101,22 +106,48 @@ def build_model_asset(kind: str):
         with warehouse.get_connection() as conn:
             registry = Registry(conn, lake.artifacts).ensure()
             version_id, created = registry.register(
-                kind, result.state_dict, dataset_hash=meta["dataset_hash"], code=code, config=cfg.to_dict(),
-                seed=cfg.seed, model_spec=spec, run_id=context.run_id)
-            replace_rows(conn, CURRENT_MODELS, pd.DataFrame([{"kind": kind, "version_id": version_id,
-                                                              "dataset_hash": meta["dataset_hash"],
-                                                              "dagster_run_id": context.run_id}]), {"kind": kind})
+                kind,
+                result.state_dict,
+                dataset_hash=meta["dataset_hash"],
+                code=code,
+                config=cfg.to_dict(),
+                seed=cfg.seed,
+                model_spec=spec,
+                run_id=context.run_id,
+            )
+            replace_rows(
+                conn,
+                CURRENT_MODELS,
+                pd.DataFrame(
+                    [
+                        {
+                            "kind": kind,
+                            "version_id": version_id,
+                            "dataset_hash": meta["dataset_hash"],
+                            "dagster_run_id": context.run_id,
+                        }
+                    ]
+                ),
+                {"kind": kind},
+            )
         history = pd.DataFrame(result.history)
         seconds = float(history["seconds"].sum())
-        return MaterializeResult(metadata={
-            "version_id": version_id, "new_version": created, "weights_sha256": result.weights_sha256,
-            "dataset_hash": meta["dataset_hash"], "code_version": str(code["label"]),
-            "final_val_error": float(history["val_error"].iloc[-1]),
-            "seconds_per_epoch": round(seconds / len(history), 3),
-            "config": MetadataValue.json(cfg.to_dict()),
-            "epochs": MetadataValue.md(history.round(4).to_markdown(index=False)),
-            "training_curve": MetadataValue.md(markdown_image(training_curve_png(result.history), "training curve")),
-        })
+        return MaterializeResult(
+            metadata={
+                "version_id": version_id,
+                "new_version": created,
+                "weights_sha256": result.weights_sha256,
+                "dataset_hash": meta["dataset_hash"],
+                "code_version": str(code["label"]),
+                "final_val_error": float(history["val_error"].iloc[-1]),
+                "seconds_per_epoch": round(seconds / len(history), 3),
+                "config": MetadataValue.json(cfg.to_dict()),
+                "epochs": MetadataValue.md(history.round(4).to_markdown(index=False)),
+                "training_curve": MetadataValue.md(
+                    markdown_image(training_curve_png(result.history), "training curve")
+                ),
+            }
+        )
 
     return model
 

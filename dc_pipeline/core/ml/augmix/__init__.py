@@ -15,8 +15,17 @@ from dc_pipeline.core.ml.augmix.engine import (
     sample_gamma,
 )
 
-__all__ = ["ALL_OPS", "OPS", "AugMix", "AugMixParams", "apply_op", "augmix_views", "jsd_loss",
-           "sample_dirichlet", "sample_gamma"]
+__all__ = [
+    "ALL_OPS",
+    "OPS",
+    "AugMix",
+    "AugMixParams",
+    "apply_op",
+    "augmix_views",
+    "jsd_loss",
+    "sample_dirichlet",
+    "sample_gamma",
+]
 
 
 def __getattr__(name: str) -> Any:

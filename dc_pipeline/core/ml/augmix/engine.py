@@ -404,9 +404,7 @@ def _enhance(key: int, xs: Tensor, factor: Tensor) -> Tensor:
     return _blend(degenerate, xs, factor)
 
 
-def _run_chains(
-    clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, ws: _Workspace
-) -> tuple[Tensor, Tensor]:
+def _run_chains(clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, ws: _Workspace) -> tuple[Tensor, Tensor]:
     """Run ``n = start.numel()`` chains of ``n_steps`` steps; chain ``j`` starts from image ``start[j]``.
 
     ``clean`` is ``[B, C, H, W]`` in [0, 1] (clamped); ``tables`` is flattened over (step, chain).
@@ -684,8 +682,6 @@ def jsd_loss(logits_clean: Tensor, logits_aug1: Tensor, logits_aug2: Tensor) -> 
     ) / 3.0
 
 
-def augmix_views(
-    x: Tensor, augmix: AugMix, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+def augmix_views(x: Tensor, augmix: AugMix, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The JSD training triple ``(x, augmix(x), augmix(x))`` (two independent draws)."""
     return x, augmix(x, generator=generator), augmix(x, generator=generator)

@@ -85,8 +85,12 @@ class DriftThresholds:
         return asdict(self)
 
 
-def feature_drift(ref: pd.DataFrame, cur: pd.DataFrame, columns: Iterable[str] | None = None,
-                  thresholds: DriftThresholds | None = None) -> pd.DataFrame:
+def feature_drift(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    columns: Iterable[str] | None = None,
+    thresholds: DriftThresholds | None = None,
+) -> pd.DataFrame:
     """``feature_statistics`` plus ``drifted``: ``p_adjusted < alpha`` and (``wasserstein_std >
     wasserstein_std_drift`` or ``psi > psi_drift``)."""
     t = thresholds or DriftThresholds()
@@ -116,8 +120,7 @@ def _families(parts: dict[str, Any], t: DriftThresholds) -> dict[str, dict[str, 
         e = parts["error"]
         fam["error"] = float(e["p_value"]) if e["increase"] > t.error_increase_warn else 1.0
     adjusted = holm(list(fam.values()))
-    return {k: {"p_value": p, "p_adjusted": a, "rejected": a < t.alpha}
-            for (k, p), a in zip(fam.items(), adjusted)}
+    return {k: {"p_value": p, "p_adjusted": a, "rejected": a < t.alpha} for (k, p), a in zip(fam.items(), adjusted)}
 
 
 def verdict(parts: dict[str, Any], thresholds: DriftThresholds | None = None) -> tuple[str, list[str]]:
@@ -135,14 +138,18 @@ def verdict(parts: dict[str, Any], thresholds: DriftThresholds | None = None) ->
 
     if fam.get("features", {}).get("rejected"):
         drifted = features[features["drifted"]]
-        desc = ", ".join(f"{name} (W/std {r.wasserstein_std:.2f}, PSI {r.psi:.2f}, p_adj {r.p_adjusted:.1e})"
-                         for name, r in drifted.sort_values("wasserstein_std", ascending=False).iterrows())
+        desc = ", ".join(
+            f"{name} (W/std {r.wasserstein_std:.2f}, PSI {r.psi:.2f}, p_adj {r.p_adjusted:.1e})"
+            for name, r in drifted.sort_values("wasserstein_std", ascending=False).iterrows()
+        )
         mmd_rejects = mmd is not None and mmd["p_value"] < t.mmd_alpha
         high_psi = int((drifted["psi"] > t.psi_drift).sum())
         if len(drifted) and mmd_rejects:
             level = "drift"
-            reasons.append(f"drift: MMD on embeddings rejects (p {mmd['p_value']:.3g} < {t.mmd_alpha}) and "
-                           f"{len(drifted)} image feature(s) drifted: {desc}")
+            reasons.append(
+                f"drift: MMD on embeddings rejects (p {mmd['p_value']:.3g} < {t.mmd_alpha}) and "
+                f"{len(drifted)} image feature(s) drifted: {desc}"
+            )
         elif high_psi >= 2:
             level = "drift"
             reasons.append(f"drift: {high_psi} drifted image features with PSI > {t.psi_drift}: {desc}")
@@ -172,8 +179,10 @@ def _family_reason(name: str, f: dict[str, Any], parts: dict[str, Any], t: Drift
         return f"{head}; JS distance {parts[name]['js_distance']:.3f} (js_warn {t.js_warn})"
     if name == "predictions":
         p = parts["predictions"]
-        return (f"{head}; mean confidence {p['mean_confidence_ref']:.3f} -> {p['mean_confidence_cur']:.3f}, "
-                f"predicted-class JS {p['classes']['js_distance']:.3f}")
+        return (
+            f"{head}; mean confidence {p['mean_confidence_ref']:.3f} -> {p['mean_confidence_cur']:.3f}, "
+            f"predicted-class JS {p['classes']['js_distance']:.3f}"
+        )
     e = parts["error"]
     return f"{head}; error {e['test_error']:.3f} (test) -> {e['batch_error']:.3f} (batch)"
 
@@ -181,13 +190,29 @@ def _family_reason(name: str, f: dict[str, Any], parts: dict[str, Any], t: Drift
 # --------------------------------------------------------------------------- the report
 
 
-def _row(section: str, test: str, feature: str, statistic: str, value: Any, p_value: float | None = None,
-         threshold: float | None = None, crossed: bool = False, p_adjusted: float | None = None) -> dict:
+def _row(
+    section: str,
+    test: str,
+    feature: str,
+    statistic: str,
+    value: Any,
+    p_value: float | None = None,
+    threshold: float | None = None,
+    crossed: bool = False,
+    p_adjusted: float | None = None,
+) -> dict:
     v = float(value) if value is not None else float("nan")
-    return {"section": section, "test": test, "feature": str(feature), "statistic": statistic, "value": v,
-            "p_value": None if p_value is None else float(p_value),
-            "p_adjusted": None if p_adjusted is None else float(p_adjusted),
-            "threshold": None if threshold is None else float(threshold), "crossed": bool(crossed)}
+    return {
+        "section": section,
+        "test": test,
+        "feature": str(feature),
+        "statistic": statistic,
+        "value": v,
+        "p_value": None if p_value is None else float(p_value),
+        "p_adjusted": None if p_adjusted is None else float(p_adjusted),
+        "threshold": None if threshold is None else float(threshold),
+        "crossed": bool(crossed),
+    }
 
 
 @dataclass
@@ -206,8 +231,14 @@ class DriftReport:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def parts(self) -> dict[str, Any]:
-        return {"features": self.features, "embeddings": self.embeddings, "labels": self.labels,
-                "sources": self.sources, "predictions": self.predictions, "error": self.error}
+        return {
+            "features": self.features,
+            "embeddings": self.embeddings,
+            "labels": self.labels,
+            "sources": self.sources,
+            "predictions": self.predictions,
+            "error": self.error,
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """Long format, one row per value, crossed or not: section, test, feature, statistic, value,
@@ -216,10 +247,26 @@ class DriftReport:
         out: list[dict] = []
         for name, r in self.features.iterrows():
             out += [
-                _row("features", "ks", name, "ks_statistic", r.ks_statistic, r.p_value, t.alpha,
-                     r.p_adjusted < t.alpha, r.p_adjusted),
-                _row("features", "wasserstein", name, "wasserstein_std", r.wasserstein_std,
-                     threshold=t.wasserstein_std_drift, crossed=r.wasserstein_std > t.wasserstein_std_drift),
+                _row(
+                    "features",
+                    "ks",
+                    name,
+                    "ks_statistic",
+                    r.ks_statistic,
+                    r.p_value,
+                    t.alpha,
+                    r.p_adjusted < t.alpha,
+                    r.p_adjusted,
+                ),
+                _row(
+                    "features",
+                    "wasserstein",
+                    name,
+                    "wasserstein_std",
+                    r.wasserstein_std,
+                    threshold=t.wasserstein_std_drift,
+                    crossed=r.wasserstein_std > t.wasserstein_std_drift,
+                ),
                 _row("features", "psi", name, "psi_warn", r.psi, threshold=t.psi_warn, crossed=r.psi > t.psi_warn),
                 _row("features", "psi", name, "psi_drift", r.psi, threshold=t.psi_drift, crossed=r.psi > t.psi_drift),
                 _row("features", "summary", name, "ref_mean", r.ref_mean),
@@ -228,10 +275,13 @@ class DriftReport:
             ]
         if self.embeddings is not None:
             e = self.embeddings
-            out += [_row("embeddings", "mmd", "", "mmd2", e["mmd2"], e["p_value"], t.mmd_alpha,
-                         e["p_value"] < t.mmd_alpha)]
-            out += [_row("embeddings", "mmd", "", k, e[k]) for k in ("bandwidth", "n_ref_used", "n_cur_used",
-                                                                     "n_permutations")]
+            out += [
+                _row("embeddings", "mmd", "", "mmd2", e["mmd2"], e["p_value"], t.mmd_alpha, e["p_value"] < t.mmd_alpha)
+            ]
+            out += [
+                _row("embeddings", "mmd", "", k, e[k])
+                for k in ("bandwidth", "n_ref_used", "n_cur_used", "n_permutations")
+            ]
         for section in ("labels", "sources"):
             d = getattr(self, section)
             if d is not None:
@@ -239,22 +289,49 @@ class DriftReport:
         if self.predictions is not None:
             p = self.predictions
             out += [
-                _row("predictions", "ks", "confidence", "ks_statistic", p["confidence_ks"], p["confidence_p_value"],
-                     t.alpha, p["confidence_p_value"] < t.alpha),
+                _row(
+                    "predictions",
+                    "ks",
+                    "confidence",
+                    "ks_statistic",
+                    p["confidence_ks"],
+                    p["confidence_p_value"],
+                    t.alpha,
+                    p["confidence_p_value"] < t.alpha,
+                ),
                 _row("predictions", "summary", "confidence", "mean_confidence_ref", p["mean_confidence_ref"]),
                 _row("predictions", "summary", "confidence", "mean_confidence_cur", p["mean_confidence_cur"]),
             ] + _distribution_rows("predictions", "predicted_class:", p["classes"], t)
         if self.error is not None:
             e = self.error
             out += [
-                _row("error", "fisher", "", "increase", e["increase"], e["p_value"], t.error_increase_warn,
-                     e["increase"] > t.error_increase_warn),
+                _row(
+                    "error",
+                    "fisher",
+                    "",
+                    "increase",
+                    e["increase"],
+                    e["p_value"],
+                    t.error_increase_warn,
+                    e["increase"] > t.error_increase_warn,
+                ),
                 _row("error", "summary", "", "test_error", e["test_error"]),
                 _row("error", "summary", "", "batch_error", e["batch_error"]),
             ]
         for name, f in self.families.items():
-            out.append(_row("verdict", "family", name, "family_p_value", f["p_value"], f["p_value"], t.alpha,
-                            f["rejected"], f["p_adjusted"]))
+            out.append(
+                _row(
+                    "verdict",
+                    "family",
+                    name,
+                    "family_p_value",
+                    f["p_value"],
+                    f["p_value"],
+                    t.alpha,
+                    f["rejected"],
+                    f["p_adjusted"],
+                )
+            )
         level = {"none": 0, "warn": 1, "drift": 2}[self.verdict]
         out.append(_row("verdict", "verdict", self.verdict, "level", level, crossed=level > 0))
         return out
@@ -269,25 +346,46 @@ class DriftReport:
 
 
 def _distribution_rows(section: str, prefix: str, d: dict[str, Any], t: DriftThresholds) -> list[dict]:
-    out = [_row(section, "chi2", f"{prefix}all", "chi2", d["chi2"], d["p_value"], t.alpha, d["p_value"] < t.alpha),
-           _row(section, "js", f"{prefix}all", "js_distance", d["js_distance"], threshold=t.js_warn,
-                crossed=d["js_distance"] > t.js_warn)]
+    out = [
+        _row(section, "chi2", f"{prefix}all", "chi2", d["chi2"], d["p_value"], t.alpha, d["p_value"] < t.alpha),
+        _row(
+            section,
+            "js",
+            f"{prefix}all",
+            "js_distance",
+            d["js_distance"],
+            threshold=t.js_warn,
+            crossed=d["js_distance"] > t.js_warn,
+        ),
+    ]
     for c, rs, cs in zip(d["categories"], d["ref_share"], d["cur_share"]):
-        out += [_row(section, "share", f"{prefix}{c}", "ref_share", rs),
-                _row(section, "share", f"{prefix}{c}", "cur_share", cs,
-                     crossed=c in d["new_categories"])]
+        out += [
+            _row(section, "share", f"{prefix}{c}", "ref_share", rs),
+            _row(section, "share", f"{prefix}{c}", "cur_share", cs, crossed=c in d["new_categories"]),
+        ]
     return out
 
 
-def drift_report(ref_stats: pd.DataFrame, cur_stats: pd.DataFrame,
-                 ref_emb: np.ndarray | None = None, cur_emb: np.ndarray | None = None,
-                 ref_probs: np.ndarray | None = None, cur_probs: np.ndarray | None = None,
-                 ref_labels: Sequence[int] | None = None, cur_labels: Sequence[int] | None = None,
-                 ref_sources: Sequence[str] | None = None, cur_sources: Sequence[str] | None = None,
-                 test_labels: Sequence[int] | None = None, test_error: float | None = None,
-                 thresholds: DriftThresholds | None = None, columns: Sequence[str] | None = None,
-                 max_ref: int = 1000, max_cur: int = 500, mmd_permutations: int = 1000,
-                 seed: int = 0) -> DriftReport:
+def drift_report(
+    ref_stats: pd.DataFrame,
+    cur_stats: pd.DataFrame,
+    ref_emb: np.ndarray | None = None,
+    cur_emb: np.ndarray | None = None,
+    ref_probs: np.ndarray | None = None,
+    cur_probs: np.ndarray | None = None,
+    ref_labels: Sequence[int] | None = None,
+    cur_labels: Sequence[int] | None = None,
+    ref_sources: Sequence[str] | None = None,
+    cur_sources: Sequence[str] | None = None,
+    test_labels: Sequence[int] | None = None,
+    test_error: float | None = None,
+    thresholds: DriftThresholds | None = None,
+    columns: Sequence[str] | None = None,
+    max_ref: int = 1000,
+    max_cur: int = 500,
+    mmd_permutations: int = 1000,
+    seed: int = 0,
+) -> DriftReport:
     """Run every test the inputs allow and the verdict.
 
     ``ref_*``: the reference (training split stats, embeddings, labels, sources); ``ref_probs`` and
@@ -302,14 +400,19 @@ def drift_report(ref_stats: pd.DataFrame, cur_stats: pd.DataFrame,
     if columns is None:
         columns = [c for c in STAT_COLUMNS if c in ref_stats.columns and c in cur_stats.columns]
     parts: dict[str, Any] = {"features": feature_drift(ref_stats, cur_stats, columns, t)}
-    parts["embeddings"] = (mmd_test(ref_emb, cur_emb, max_ref, max_cur, mmd_permutations, seed)
-                           if ref_emb is not None and cur_emb is not None else None)
+    parts["embeddings"] = (
+        mmd_test(ref_emb, cur_emb, max_ref, max_cur, mmd_permutations, seed)
+        if ref_emb is not None and cur_emb is not None
+        else None
+    )
     labels = distribution_drift(ref_labels, cur_labels) if ref_labels is not None and cur_labels is not None else None
     parts["labels"] = labels if labels is not None and labels["n_cur"] > 0 else None  # unlabelled batch: skip
-    parts["sources"] = (distribution_drift(ref_sources, cur_sources)
-                        if ref_sources is not None and cur_sources is not None else None)
-    parts["predictions"] = (prediction_drift(ref_probs, cur_probs)
-                            if ref_probs is not None and cur_probs is not None else None)
+    parts["sources"] = (
+        distribution_drift(ref_sources, cur_sources) if ref_sources is not None and cur_sources is not None else None
+    )
+    parts["predictions"] = (
+        prediction_drift(ref_probs, cur_probs) if ref_probs is not None and cur_probs is not None else None
+    )
     parts["error"] = None
     if cur_labels is not None and cur_probs is not None:
         y = pd.to_numeric(pd.Series(list(cur_labels), dtype=object), errors="coerce").to_numpy(np.float64)
@@ -322,5 +425,4 @@ def drift_report(ref_stats: pd.DataFrame, cur_stats: pd.DataFrame,
             batch_error = float(np.mean(predicted != y[labelled]))
             parts["error"] = error_drift(test_error, n_test, batch_error, int(labelled.sum()))
     level, reasons = verdict(parts, t)
-    return DriftReport(**parts, families=_families(parts, t), verdict=level, reasons=reasons,
-                       thresholds=t.as_dict())
+    return DriftReport(**parts, families=_families(parts, t), verdict=level, reasons=reasons, thresholds=t.as_dict())

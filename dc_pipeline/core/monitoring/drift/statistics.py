@@ -109,21 +109,55 @@ def feature_statistics(ref: pd.DataFrame, cur: pd.DataFrame, columns: Iterable[s
     for col in columns:
         r, c = finite(ref[col]), finite(cur[col])
         if len(r) == 0 or len(c) == 0:
-            rows.append({"feature": col, "ks_statistic": np.nan, "p_value": 1.0, "wasserstein_std": np.nan,
-                         "psi": np.nan, "ref_mean": np.nan, "cur_mean": np.nan, "n_ref": len(r), "n_cur": len(c)})
+            rows.append(
+                {
+                    "feature": col,
+                    "ks_statistic": np.nan,
+                    "p_value": 1.0,
+                    "wasserstein_std": np.nan,
+                    "psi": np.nan,
+                    "ref_mean": np.nan,
+                    "cur_mean": np.nan,
+                    "n_ref": len(r),
+                    "n_cur": len(c),
+                }
+            )
             continue
         ks_statistic, p_value = ks_test(r, c)
-        rows.append({"feature": col, "ks_statistic": ks_statistic, "p_value": p_value,
-                     "wasserstein_std": wasserstein_std(r, c), "psi": psi(r, c), "ref_mean": float(r.mean()),
-                     "cur_mean": float(c.mean()), "n_ref": len(r), "n_cur": len(c)})
-    table = pd.DataFrame(rows, columns=["feature", "ks_statistic", "p_value", "wasserstein_std", "psi",
-                                        "ref_mean", "cur_mean", "n_ref", "n_cur"]).set_index("feature")
+        rows.append(
+            {
+                "feature": col,
+                "ks_statistic": ks_statistic,
+                "p_value": p_value,
+                "wasserstein_std": wasserstein_std(r, c),
+                "psi": psi(r, c),
+                "ref_mean": float(r.mean()),
+                "cur_mean": float(c.mean()),
+                "n_ref": len(r),
+                "n_cur": len(c),
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "feature",
+            "ks_statistic",
+            "p_value",
+            "wasserstein_std",
+            "psi",
+            "ref_mean",
+            "cur_mean",
+            "n_ref",
+            "n_cur",
+        ],
+    ).set_index("feature")
     table.insert(2, "p_adjusted", holm(table["p_value"].tolist()))
     return table
 
 
-def distribution_drift(ref_values: Iterable[Any], cur_values: Iterable[Any],
-                       categories: Sequence[Any] | None = None) -> dict[str, Any]:
+def distribution_drift(
+    ref_values: Iterable[Any], cur_values: Iterable[Any], categories: Sequence[Any] | None = None
+) -> dict[str, Any]:
     """Chi-square test of homogeneity (2 x K table) and Jensen-Shannon distance (base 2).
 
     ``categories`` fixes the order (default: every value seen, sorted); categories empty in both samples
@@ -132,6 +166,7 @@ def distribution_drift(ref_values: Iterable[Any], cur_values: Iterable[Any],
     sample) ``chi2 = 0`` and ``p_value = 1.0``. Yates' correction applies when there are two categories
     (scipy's default). ``new_categories``: seen in the batch, not in the reference.
     """
+
     def counts(values: Iterable[Any]) -> dict[Any, int]:
         if not isinstance(values, (np.ndarray, pd.Series, list, tuple)):
             values = list(values)
@@ -156,9 +191,16 @@ def distribution_drift(ref_values: Iterable[Any], cur_values: Iterable[Any],
     cur_share = (cc / n_cur) if n_cur else np.zeros(len(cats))
     js = float(jensenshannon(ref_share, cur_share, base=2)) if n_ref and n_cur else float("nan")
     return {
-        "categories": cats, "ref_counts": [int(v) for v in rc], "cur_counts": [int(v) for v in cc],
-        "ref_share": [float(v) for v in ref_share], "cur_share": [float(v) for v in cur_share],
-        "n_ref": n_ref, "n_cur": n_cur, "chi2": chi2, "dof": dof, "p_value": p,
+        "categories": cats,
+        "ref_counts": [int(v) for v in rc],
+        "cur_counts": [int(v) for v in cc],
+        "ref_share": [float(v) for v in ref_share],
+        "cur_share": [float(v) for v in cur_share],
+        "n_ref": n_ref,
+        "n_cur": n_cur,
+        "chi2": chi2,
+        "dof": dof,
+        "p_value": p,
         "js_distance": js,
         "new_categories": [c for c, r, k in zip(cats, rc, cc) if r == 0 and k > 0],
     }
@@ -172,8 +214,14 @@ def _pairwise_sq(x: np.ndarray) -> np.ndarray:
     return d2
 
 
-def mmd_test(ref_emb: np.ndarray, cur_emb: np.ndarray, max_ref: int = 1000, max_cur: int = 500,
-             n_permutations: int = 200, seed: int = 0) -> dict[str, Any]:
+def mmd_test(
+    ref_emb: np.ndarray,
+    cur_emb: np.ndarray,
+    max_ref: int = 1000,
+    max_cur: int = 500,
+    n_permutations: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Unbiased MMD^2 with an RBF kernel and a permutation p-value, on seeded subsamples.
 
     Bandwidth ``sigma``: the median pairwise distance of the pooled subsample (kernel
@@ -189,8 +237,14 @@ def mmd_test(ref_emb: np.ndarray, cur_emb: np.ndarray, max_ref: int = 1000, max_
     if len(y) > max_cur:
         y = y[np.sort(rng.choice(len(y), max_cur, replace=False))]
     m, n = len(x), len(y)
-    out = {"mmd2": 0.0, "p_value": 1.0, "n_ref_used": m, "n_cur_used": n, "bandwidth": float("nan"),
-           "n_permutations": int(n_permutations)}
+    out = {
+        "mmd2": 0.0,
+        "p_value": 1.0,
+        "n_ref_used": m,
+        "n_cur_used": n,
+        "bandwidth": float("nan"),
+        "n_permutations": int(n_permutations),
+    }
     if m < 2 or n < 2:
         return out
     pooled = np.concatenate([x, y]).astype(np.float64)
@@ -229,10 +283,12 @@ def prediction_drift(ref_probs: np.ndarray, cur_probs: np.ndarray) -> dict[str, 
     ks_stat, ks_p = ks_test(rconf, cconf)
     classes = distribution_drift(rp.argmax(axis=1), cp.argmax(axis=1), categories=range(rp.shape[1]))
     return {
-        "confidence_ks": ks_stat, "confidence_p_value": ks_p,
+        "confidence_ks": ks_stat,
+        "confidence_p_value": ks_p,
         "mean_confidence_ref": float(rconf.mean()) if len(rconf) else float("nan"),
         "mean_confidence_cur": float(cconf.mean()) if len(cconf) else float("nan"),
-        "classes": classes, "p_value": min(holm([ks_p, classes["p_value"]])),
+        "classes": classes,
+        "p_value": min(holm([ks_p, classes["p_value"]])),
     }
 
 
@@ -242,5 +298,11 @@ def error_drift(test_error: float, n_test: int, batch_error: float, n_batch: int
     p = 1.0
     if n_test > 0 and n_batch > 0:
         p = float(stats.fisher_exact([[e_b, n_batch - e_b], [e_t, n_test - e_t]], alternative="greater").pvalue)
-    return {"test_error": float(test_error), "batch_error": float(batch_error), "n_test": int(n_test),
-            "n_batch": int(n_batch), "increase": float(batch_error - test_error), "p_value": p}
+    return {
+        "test_error": float(test_error),
+        "batch_error": float(batch_error),
+        "n_test": int(n_test),
+        "n_batch": int(n_batch),
+        "increase": float(batch_error - test_error),
+        "p_value": p,
+    }

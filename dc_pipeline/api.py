@@ -8,8 +8,9 @@
 
 Paths come from the settings (``dc_pipeline.settings``: ``DC_DATA_DIR``, ``DC_WAREHOUSE``, exported
 variables over ``.env``); a ``data_dir`` argument means that folder and its own ``warehouse.duckdb``.
-The warehouse is opened read-only, so this works while Dagster is idle between steps; a step that is
-writing holds DuckDB's lock. Every file read is contained in the data folder.
+The warehouse is opened read-only. While a run's step writes it (DuckDB lets one process open a file
+being written), a reader waits up to ``wait_seconds`` and then raises ``WarehouseBusy`` naming the run.
+Every file read is contained in the data folder.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from dc_pipeline.core.ml.inference import LoadedModel
+from dc_pipeline.warehouse.connect import READ_WAIT_SECONDS, WarehouseBusy
 
-__all__ = ["load_model", "load_split", "LoadedModel"]
+__all__ = ["load_model", "load_split", "LoadedModel", "WarehouseBusy"]
 
 
 def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None = None) -> tuple[Path, Path]:
@@ -35,36 +37,51 @@ def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None 
     return settings.data_dir, Path(warehouse) if warehouse else settings.warehouse_path
 
 
-def load_model(ref: str, data_dir: str | Path | None = None, warehouse: str | Path | None = None) -> LoadedModel:
+def load_model(
+    ref: str,
+    data_dir: str | Path | None = None,
+    warehouse: str | Path | None = None,
+    wait_seconds: float = READ_WAIT_SECONDS,
+) -> LoadedModel:
     """The model version ``ref`` (a version id, ``champion`` or ``challenger``), weights verified by sha256.
 
-    Raises ``RegistryError`` if the version is unknown or its weights file no longer matches the registry.
+    Raises ``RegistryError`` if the version is unknown or its weights file no longer matches the registry,
+    and ``WarehouseBusy`` (naming the run) if a run's step still writes the warehouse after ``wait_seconds``.
     """
     from dc_pipeline.core.ml.inference import build_loaded
     from dc_pipeline.core.ml.registry import Registry
     from dc_pipeline.warehouse.connect import read_warehouse
 
     data, db = data_paths(data_dir, warehouse)
-    with read_warehouse(db) as conn:
+    with read_warehouse(db, wait_seconds) as conn:
         record, state = Registry(conn, data / "artifacts").load_weights(ref)
     return build_loaded(record, state)
 
 
 def load_split(
-    name: str, data_dir: str | Path | None = None, warehouse: str | Path | None = None, dataset_hash: str | None = None
+    name: str,
+    data_dir: str | Path | None = None,
+    warehouse: str | Path | None = None,
+    dataset_hash: str | None = None,
+    wait_seconds: float = READ_WAIT_SECONDS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical images ``[N, S, S]`` (float32 in [0, 1]) and class ids of split ``name`` of the current
-    dataset version (or of ``dataset_hash``)."""
+    """Canonical images ``[N, S, S]`` (float32 in [0, 1]) and class ids of split ``name`` of the published
+    dataset version (the last one that passed its checks), or of ``dataset_hash``.
+
+    Raises ``WarehouseBusy`` (naming the run) if a run's step still writes the warehouse after ``wait_seconds``."""
     from dc_pipeline.core.data.features import DatasetVersion
     from dc_pipeline.warehouse.connect import read_warehouse
+    from dc_pipeline.warehouse.queries import published_dataset_hash
 
     data, db = data_paths(data_dir, warehouse)
     if dataset_hash is None:
-        with read_warehouse(db) as conn:
-            row = conn.execute("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").fetchone()
-        if row is None:
-            raise LookupError("no current dataset version: materialize features/dataset_version first")
-        dataset_hash = row[0]
+        with read_warehouse(db, wait_seconds) as conn:
+            dataset_hash = published_dataset_hash(conn)
+        if dataset_hash is None:
+            raise LookupError(
+                "no published dataset version: materialize features/dataset_version (a version is published "
+                "once its blocking check passes)"
+            )
     version = DatasetVersion(data / "datasets", dataset_hash)
     if not version.exists():
         raise FileNotFoundError(f"dataset version {dataset_hash} has no shards under {version.folder}")

@@ -98,6 +98,7 @@ class T:
     CURATION_LINEAGE = "features.curation_lineage"
     IMAGE_STATS = "features.image_stats"
     CURRENT_MODELS = "training.current_models"
+    RETRAINING_ATTEMPTS = "training.retraining_attempts"
     EVALUATION_METRICS = "evaluation.metrics"
     MODELS = "registry.models"
     ALIASES = "registry.aliases"

@@ -140,3 +140,11 @@ def test_groups_folders_and_key_prefixes_agree():
         assert key.path[0] == group, f"{key.to_user_string()} is in group {group}"
         assert group in CATALOG_GROUPS and (group in GROUPS or group in ("raw",)), group
     assert set(GROUPS) - {"automation"} == set(CATALOG_GROUPS)
+
+
+def test_the_readme_documents_every_reason_code():
+    from dc_pipeline.core.data.cleaning import BATCH_REFUSALS, REASONS
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    missing = [code for code in [*REASONS, *BATCH_REFUSALS] if f"| `{code}` |" not in readme]
+    assert missing == [], f"reason codes missing from the README tables: {missing}"

@@ -108,6 +108,20 @@ def write_verdicts(data, rows):
         conn.execute("CREATE OR REPLACE TABLE monitoring.drift_verdicts AS SELECT * FROM v")
 
 
+def publish_dataset(data, dataset_hash: str) -> None:
+    """A published dataset version in the warehouse, as features/dataset_version records it."""
+    from dc_pipeline.warehouse.connect import connect
+    from dc_pipeline.warehouse.io import append_rows
+
+    with connect(data / "warehouse.duckdb", data) as conn:
+        conn.execute("UPDATE features.dataset_versions SET is_current = false")
+        append_rows(
+            conn,
+            "features.dataset_versions",
+            pd.DataFrame([{"dataset_hash": dataset_hash, "is_current": True, "status": "published"}]),
+        )
+
+
 def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
     from dagster._core.test_utils import create_run_for_test
 
@@ -115,10 +129,17 @@ def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
     resources = {**resources_for(tmp_path), "retrain_policy": RetrainPolicy()}
     write_verdicts(
         tmp_path,
+        [{"source": "field_app", "batch_id": "b1", "verdict": "drift", "reported_at": pd.Timestamp("2026-11-01")}],
+    )
+    result, _ = tick(retraining_trigger, instance, resources)
+    assert requests_of(result) == [] and result.skip_reason.skip_message.startswith("no dataset")
+    publish_dataset(tmp_path, "d" * 64)
+    write_verdicts(
+        tmp_path,
         [{"source": "field_app", "batch_id": "b1", "verdict": "none", "reported_at": pd.Timestamp("2026-11-01")}],
     )
     result, _ = tick(retraining_trigger, instance, resources)
-    assert requests_of(result) == []
+    assert requests_of(result) == [] and result.skip_reason.skip_message.startswith("nothing new")
     write_verdicts(
         tmp_path,
         [
@@ -131,16 +152,20 @@ def test_retraining_trigger_on_drift_and_never_twice(tmp_path):
             },
         ],
     )
-    result, _ = tick(retraining_trigger, instance, resources, cursor="2026-11-02T00:00:00")
+    result, _ = tick(retraining_trigger, instance, resources, cursor=result.cursor)
     [run] = requests_of(result)
     assert "partner_api/b7" in run.tags["dc/retrain_reason"]
-    # the same verdict does not trigger again once the cursor has moved past it
+    assert run.run_key == f"retrain:{'d' * 64}:1" and run.tags["dc/dataset_hash"] == "d" * 64
+    # the same verdict does not trigger again: the attempt is recorded, its run is awaited
     again, _ = tick(retraining_trigger, instance, resources, cursor=result.cursor)
-    assert requests_of(again) == []
+    assert requests_of(again) == [] and again.skip_reason.skip_message.startswith("waiting for launch")
+    # a restarted daemon without the cursor decides the same (the attempts are in the warehouse)
+    fresh, _ = tick(retraining_trigger, instance, resources)
+    assert requests_of(fresh) == [] and fresh.skip_reason.skip_message.startswith("waiting for launch")
     # and while a retraining run is running, nothing new is requested
     create_run_for_test(instance, job_name="retrain", status=DagsterRunStatus.STARTED)
-    blocked, _ = tick(retraining_trigger, instance, resources, cursor="2026-11-02T00:00:00")
-    assert isinstance(blocked, SkipReason) and "already" in blocked.skip_message
+    blocked, _ = tick(retraining_trigger, instance, resources, cursor=result.cursor)
+    assert requests_of(blocked) == [] and "already" in blocked.skip_reason.skip_message
 
 
 class Webhook:

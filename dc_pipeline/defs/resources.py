@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource
-from pydantic import Field
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr, field_validator
 
 from dc_pipeline.settings import PACKAGED_CONTRACTS, Settings, get_settings
 
@@ -68,16 +69,29 @@ class DataLake(ConfigurableResource):
 
 class Warehouse(ConfigurableResource):
     """The DuckDB warehouse. Its tables are declared in ``dc_pipeline.warehouse.tables``; pending migrations
-    are applied when the resource first connects in a process."""
+    are applied when the resource first connects in a process. Each ``get_connection()`` block is one
+    transaction: all of its writes or none, also when the run is killed. While a block is open the file
+    is marked as written by this run, so a reader that finds it locked is told which run holds it."""
 
     database: str = Field(description="Path of the DuckDB file.")
     data_dir: str = Field(description="Data folder that stored relative paths are relative to.")
+    _holder: dict = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        run = context.dagster_run
+        self._holder = {"run_id": context.run_id, "job": run.job_name if run else None}
 
     @contextmanager
-    def get_connection(self) -> Iterator:
+    def get_connection(self, wait_seconds: float | None = None) -> Iterator:
+        """One transaction on a read-write connection; waits up to ``wait_seconds`` (default 120 s) for
+        another process's lock, then raises ``WarehouseBusy``."""
         from dc_pipeline.warehouse.connect import connect
+        from dc_pipeline.warehouse.io import transaction
 
-        with connect(self.database, self.data_dir) as conn:
+        with (
+            connect(self.database, self.data_dir, holder=self._holder, wait_seconds=wait_seconds) as conn,
+            transaction(conn),
+        ):
             yield conn
 
 
@@ -89,11 +103,48 @@ class LabelAudit(ConfigurableResource):
 
 
 class RetrainPolicy(ConfigurableResource):
-    """When the retraining trigger fires on new data."""
+    """When the retraining trigger may request a retraining on its own. It decides from what changed since
+    its last attempt (recorded in training.retraining_attempts), never retrains the same dataset version
+    twice by itself, backs off after refusals and failures, and caps its attempts per day. A manual
+    `retrain` launch is always possible."""
 
     new_data_share: float = Field(
-        default=0.20, description="Retrain when accepted images not in the champion's dataset reach this share of it."
+        default=0.20,
+        ge=0,
+        description="Retrain when the current dataset's images that neither the last attempt's dataset nor the "
+        "champion's holds reach this share of them.",
     )
+    backoff_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="After a refused or failed attempt, wait this long before the next one; the wait doubles "
+        "with every further refusal or failure in a row (at most 7 days). 0: no back-off.",
+    )
+    max_attempts_per_day: int = Field(
+        default=4, ge=0, description="At most this many automatic attempts in any 24 hours. 0: never on its own."
+    )
+    rearm_at: Optional[str] = Field(
+        default=None,
+        description="ISO time (UTC). Once it has passed, the trigger forgets the attempts made before it (the "
+        "same-data rule, the back-off and what new data is compared with; the daily cap still counts them): one "
+        "more attempt on the same data. A new dataset version re-arms by itself.",
+    )
+
+    @field_validator("rearm_at")
+    @classmethod
+    def _iso_time(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            datetime.fromisoformat(value)
+        return value
+
+    def policy(self):
+        """The trigger's rules with these values (``dc_pipeline.core.ml.retraining.Policy``)."""
+        from dc_pipeline.core.ml.retraining import Policy
+
+        rearm = datetime.fromisoformat(self.rearm_at) if self.rearm_at else None
+        if rearm is not None and rearm.tzinfo is not None:
+            rearm = rearm.astimezone(UTC).replace(tzinfo=None)
+        return Policy(self.new_data_share, self.backoff_minutes, self.max_attempts_per_day, rearm)
 
 
 class Alerts(ConfigurableResource):

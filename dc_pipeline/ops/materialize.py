@@ -20,7 +20,7 @@ def materialize_all(defs, instance, lake, log: Callable[[str], None] = print) ->
     contracts = lake.contracts()
     kinds = source_kinds(lake.contracts_dir)
     manifests = {s: contracts[s].manifest_file for s in kinds}
-    landed = scan_landing(lake.landing, manifests, log)
+    landed = scan_landing(lake.landing, manifests, log, limits=contracts.project.manifests)
     ok = True
 
     def run(job: str, what: str, **kwargs) -> None:

@@ -8,6 +8,9 @@ to the declared types.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pandas as pd
 
 
@@ -38,14 +41,32 @@ def _insert(conn, table: str, df: pd.DataFrame, view: str) -> None:
         conn.unregister(view)
 
 
-def _in_transaction(conn, statements) -> None:
+_OPEN: set[int] = set()  # connections inside a transaction() block
+
+
+@contextmanager
+def transaction(conn) -> Iterator:
+    """All of the block's writes or none (a killed process leaves none): commit at the end, roll back on
+    an error. Inside another ``transaction`` block on ``conn``, the block is part of that one (DuckDB has
+    no nested transactions)."""
+    if id(conn) in _OPEN:
+        yield conn
+        return
     conn.execute("BEGIN TRANSACTION")
+    _OPEN.add(id(conn))
     try:
-        statements()
-        conn.execute("COMMIT")
-    except Exception:
+        yield conn
+    except BaseException:
+        _OPEN.discard(id(conn))
         conn.execute("ROLLBACK")
         raise
+    _OPEN.discard(id(conn))
+    conn.execute("COMMIT")
+
+
+def _in_transaction(conn, statements) -> None:
+    with transaction(conn):
+        statements()
 
 
 def replace_table(conn, table: str, df: pd.DataFrame) -> None:

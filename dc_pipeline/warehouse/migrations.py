@@ -98,6 +98,18 @@ def _relative_paths(conn, data_dir) -> None:
                 conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [rel, k])
 
 
+def _publish_existing_versions(conn, data_dir) -> None:
+    """Older releases made every new dataset version current at once: each was published when it was
+    written. The per-version feature tables described the current version only: they are its rows."""
+    conn.execute(
+        f"UPDATE {T.DATASET_VERSIONS} SET status = 'published', published_at = created_at WHERE status IS NULL"
+    )
+    current = conn.execute(f"SELECT dataset_hash FROM {T.DATASET_VERSIONS} WHERE is_current").fetchall()
+    if len(current) == 1:
+        for table in (T.DATASET_INDEX, T.IMAGE_STATS, T.CURATION_LINEAGE):
+            conn.execute(f"UPDATE {table} SET dataset_hash = ? WHERE dataset_hash IS NULL", [current[0][0]])
+
+
 @dataclass(frozen=True)
 class Migrations:
     """The migrations of one database file and the tables they declare."""
@@ -111,6 +123,8 @@ WAREHOUSE = Migrations(
     (
         Migration(1, "declared tables of release 0.1, with their declared types", _conform_raw_tables),
         Migration(2, "paths stored relative to the data folder", _relative_paths),
+        Migration(3, "retraining attempts: every automatic retraining request of the retraining trigger"),
+        Migration(4, "dataset versions written, audited, then published", _publish_existing_versions),
     ),
 )
 ALERTS = Migrations(

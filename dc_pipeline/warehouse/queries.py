@@ -6,13 +6,35 @@ from pathlib import Path
 
 from dc_pipeline.catalog import T
 
+PUBLISHED = "is_current AND status = 'published'"
+"""The dataset version that passed its blocking checks last: the one every reader and training uses."""
+
+
+def published_dataset_hash(conn) -> str | None:
+    """The hash of the published dataset version, None before the first one passed its checks."""
+    row = conn.execute(f"SELECT dataset_hash FROM {T.DATASET_VERSIONS} WHERE {PUBLISHED}").fetchall()
+    return row[0][0] if row else None
+
 
 def current_dataset_version(conn) -> dict:
-    """The dataset version the latest features materialization published."""
-    row = conn.execute(f"SELECT * FROM {T.DATASET_VERSIONS} WHERE is_current").df()
+    """The published dataset version (a staged one under audit, or one its checks rejected, never is)."""
+    row = conn.execute(f"SELECT * FROM {T.DATASET_VERSIONS} WHERE {PUBLISHED}").df()
     if row.empty:
-        raise ValueError("no dataset version yet: materialize features/dataset_version first")
+        raise ValueError(
+            "no published dataset version yet: materialize features/dataset_version (it is published once "
+            "its blocking check feature_expectations passes)"
+        )
     return row.iloc[0].to_dict()
+
+
+def published_rows(conn, table: str, columns: str = "*"):
+    """The published version's rows of a per-version features table (``features.dataset_index``,
+    ``features.image_stats``, ``features.curation_lineage``); ``*`` leaves out their ``dataset_hash`` key."""
+    select = "* EXCLUDE (dataset_hash)" if columns == "*" else columns
+    return conn.execute(
+        f"SELECT {select} FROM {table} WHERE dataset_hash = "
+        f"(SELECT dataset_hash FROM {T.DATASET_VERSIONS} WHERE {PUBLISHED})"
+    ).df()
 
 
 def accepted_batch(conn, source: str, batch_id: str):

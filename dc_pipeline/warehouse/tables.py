@@ -145,8 +145,10 @@ TABLES: tuple[Table, ...] = (
             "test_share DOUBLE, n_images BIGINT, n_train BIGINT, n_val BIGINT, n_test BIGINT, class_counts VARCHAR, "
             "upstream_batches VARCHAR, path VARCHAR, code_version VARCHAR, is_current BOOLEAN, relabelled BIGINT, "
             "excluded BIGINT"
-        ),
-        "Every dataset version; path is relative to the data folder.",
+        )
+        + _cols("status VARCHAR, published_at TIMESTAMP, audit VARCHAR", since=4),
+        "Every dataset version: written as 'staged', 'published' (is_current: the one published last) once its "
+        "blocking checks passed, or 'rejected' with the audit's reasons; path is relative to the data folder.",
     ),
     Table(
         T.DATASET_MEMBERS,
@@ -160,8 +162,10 @@ TABLES: tuple[Table, ...] = (
         _cols(
             "sha256 VARCHAR, image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, "
             "position BIGINT"
-        ),
-        "The current dataset version's images with their splits.",
+        )
+        + _cols("dataset_hash VARCHAR", since=4),
+        "The images of the published dataset version (and of a staged one under audit) with their splits; "
+        "read the published one's (``warehouse.queries.published_rows``).",
     ),
     Table(
         T.CURATION_LINEAGE,
@@ -171,7 +175,7 @@ TABLES: tuple[Table, ...] = (
             "new_label BIGINT, reviewer VARCHAR, reason VARCHAR, decided_at TIMESTAMP, review_source VARCHAR, "
             "review_batch VARCHAR, review_row BIGINT"
         ),
-        "Which decision changed which image in the current version.",
+        "Which decision changed which image in the published version (and a staged one under audit).",
     ),
     Table(
         T.IMAGE_STATS,
@@ -180,14 +184,27 @@ TABLES: tuple[Table, ...] = (
             "sha256 VARCHAR, mean_intensity DOUBLE, contrast DOUBLE, ink_fraction DOUBLE, edge_energy DOUBLE, "
             "sharpness DOUBLE, center_of_mass_x DOUBLE, center_of_mass_y DOUBLE, bbox_width DOUBLE, bbox_height DOUBLE, "
             "image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, device_id VARCHAR"
-        ),
-        "Per-image statistics of the current dataset version.",
+        )
+        + _cols("dataset_hash VARCHAR", since=4),
+        "Per-image statistics of the published dataset version (and of a staged one under audit).",
     ),
     Table(
         T.CURRENT_MODELS,
         "dc_pipeline.defs.training.assets",
         _cols("kind VARCHAR, version_id VARCHAR, dataset_hash VARCHAR, dagster_run_id VARCHAR"),
         "The newest model of each kind.",
+    ),
+    Table(
+        T.RETRAINING_ATTEMPTS,
+        "dc_pipeline.defs.automation.sensors",
+        _cols(
+            "attempted_at TIMESTAMP, dataset_hash VARCHAR, attempt BIGINT, run_key VARCHAR, reasons VARCHAR, "
+            "figures JSON, dagster_run_id VARCHAR",
+            since=3,
+        ),
+        "Every automatic retraining request: when, on which dataset version, why, and its run (found by run "
+        "key once launched); outcomes are read from the run and registry.gate_decisions.",
+        since=3,
     ),
     Table(
         T.EVALUATION_METRICS,

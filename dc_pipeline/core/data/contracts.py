@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,17 @@ class SourceContract:
 
 
 @dataclass(frozen=True)
+class ManifestLimits:
+    """Bounds on a manifest, checked before (parquet: from its metadata) and while parsing it."""
+
+    max_bytes: int = 256 * 1024 * 1024  # file size; for parquet also the declared and the decoded data size
+    max_rows: int = 100_000
+    max_columns: int = 256
+    max_json_depth: int = 16  # nesting of a JSON line
+    max_value_chars: int = 4096  # a longer text value makes its record unparseable
+
+
+@dataclass(frozen=True)
 class ProjectSpec:
     classes: tuple[int, ...]
     image_formats: tuple[str, ...]
@@ -73,6 +84,11 @@ class ProjectSpec:
     max_file_bytes: int
     earliest: datetime
     max_future: timedelta
+    manifests: ManifestLimits = ManifestLimits()
+
+    def plausible_until(self, now: datetime) -> datetime:
+        """The latest plausible capture or decision time at ``now``."""
+        return now + self.max_future
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,15 @@ def _load_project(path: Path) -> ProjectSpec:
         max_file_bytes=int(img["max_file_bytes"]),
         earliest=datetime.fromisoformat(str(ts["earliest"]).replace("Z", "+00:00")),
         max_future=_parse_duration(ts["max_future"]),
+        manifests=_manifest_limits(raw.get("manifests") or {}),
     )
+
+
+def _manifest_limits(raw: dict) -> ManifestLimits:
+    known = set(ManifestLimits.__dataclass_fields__)
+    if unknown := set(raw) - known:
+        raise ContractError(f"{PROJECT_FILE}: unknown manifests settings {sorted(unknown)}; known: {sorted(known)}")
+    return ManifestLimits(**{k: int(v) for k, v in raw.items()})
 
 
 def load_contract(path: Path) -> SourceContract:
@@ -144,6 +168,13 @@ def load_contract(path: Path) -> SourceContract:
         if missing or len(set(fields)) != len(fields):
             raise ContractError(f"{where}: every field in {required} must be fed by exactly one column")
         labels = raw.get("labels", {})
+        timezone_name = raw["timestamp"].get("timezone", "UTC")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(timezone_name)
+        except (ValueError, LookupError) as exc:
+            raise ContractError(f"{where}: unknown timestamp timezone {timezone_name!r} ({exc})") from None
         image_kind = raw["image"]["kind"] if kind == "images" else None
         if kind == "images" and image_kind not in ("path", "inline"):
             raise ContractError(f"{where}: image kind must be 'path' or 'inline'")
@@ -158,7 +189,7 @@ def load_contract(path: Path) -> SourceContract:
             label_map={str(k).strip().lower(): int(v) for k, v in (labels.get("map") or {}).items()},
             label_class_ids=bool(labels.get("class_ids", False)),
             timestamp_format=raw["timestamp"]["format"],
-            timestamp_timezone=raw["timestamp"].get("timezone", "UTC"),
+            timestamp_timezone=timezone_name,
             version=hashlib.sha256(text.encode()).hexdigest()[:12],
         )
     except KeyError as exc:
@@ -211,18 +242,29 @@ def normalize_label(raw: Any, contract: SourceContract, classes: tuple[int, ...]
     return None, "unknown_label"
 
 
+_EPOCH_TEXT = re.compile(r"[+-]?\d{1,40}")
+
+
+def _epoch_seconds(text: str, fmt: str) -> int | float | None:
+    if not _EPOCH_TEXT.fullmatch(text):
+        return None
+    value = int(text)
+    return value / 1000 if fmt == "epoch_ms" else value
+
+
 def parse_timestamp(raw: Any, contract: SourceContract) -> datetime | None:
-    """Parse a raw timestamp into an aware UTC datetime, or None when it does not fit the format."""
-    if raw is None or str(raw).strip() == "":
+    """Parse a raw timestamp into an aware UTC datetime, or None when it does not fit the format or lies
+    outside what a datetime represents (years 1 to 9999). Never raises."""
+    if raw is None or (isinstance(raw, float) and raw != raw) or str(raw).strip() == "":
         return None
     text = str(raw).strip()
     fmt = contract.timestamp_format
     try:
         if fmt in ("epoch_ms", "epoch_s"):
-            if not re.fullmatch(r"[+-]?\d+", text):
+            seconds = _epoch_seconds(text, fmt)
+            if seconds is None or not -62_135_596_800 <= seconds <= 253_402_300_799:  # 0001-01-01 .. 9999-12-31
                 return None
-            value = int(text) / (1000 if fmt == "epoch_ms" else 1)
-            return datetime.fromtimestamp(value, tz=timezone.utc)
+            return datetime.fromtimestamp(seconds, tz=UTC)
         if fmt == "iso8601":
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             if parsed.tzinfo is None:  # ISO 8601 without an offset is ambiguous: refuse it
@@ -233,9 +275,28 @@ def parse_timestamp(raw: Any, contract: SourceContract) -> datetime | None:
                 from zoneinfo import ZoneInfo
 
                 parsed = parsed.replace(tzinfo=ZoneInfo(contract.timestamp_timezone))
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError, OSError):
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError, OSError, ArithmeticError):
         return None
+
+
+def check_timestamp(
+    raw: Any, contract: SourceContract, earliest: datetime, latest: datetime
+) -> tuple[datetime | None, str | None]:
+    """A raw time checked into ``[earliest, latest]``: ``(utc datetime, None)``, or ``(None,
+    "invalid_timestamp")`` when it does not parse, or ``(datetime or None, "implausible_timestamp")`` when
+    it parses but lies outside the range (an epoch beyond what a datetime represents included)."""
+    parsed = parse_timestamp(raw, contract)
+    if parsed is None:
+        seconds = None
+        if contract.timestamp_format in ("epoch_ms", "epoch_s") and raw is not None:
+            seconds = _epoch_seconds(str(raw).strip(), contract.timestamp_format)
+        if seconds is None:
+            return None, "invalid_timestamp"
+        return None, "implausible_timestamp"  # a well-formed epoch far outside any calendar
+    if parsed < earliest or parsed > latest:
+        return parsed, "implausible_timestamp"
+    return parsed, None
 
 
 def contract_summary(contract: SourceContract) -> dict[str, Any]:
@@ -244,8 +305,10 @@ def contract_summary(contract: SourceContract) -> dict[str, Any]:
         "source": contract.source,
         "version": contract.version,
         "manifest": f"{contract.manifest_file} ({contract.manifest_format})",
-        "columns": {c.name: {"field": c.field, "types": list(c.types), "nullable": c.nullable,
-                             "aliases": list(c.aliases)} for c in contract.columns},
+        "columns": {
+            c.name: {"field": c.field, "types": list(c.types), "nullable": c.nullable, "aliases": list(c.aliases)}
+            for c in contract.columns
+        },
         "timestamp_format": contract.timestamp_format,
     }
 

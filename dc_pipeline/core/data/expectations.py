@@ -47,24 +47,39 @@ class ValidationSummary:
 
     def metadata(self, prefix: str = "") -> dict[str, Any]:
         """Plain-typed figures for Dagster metadata, one entry per expectation."""
-        out: dict[str, Any] = {f"{prefix}expectations_evaluated": len(self.outcomes),
-                               f"{prefix}expectations_failed": len(self.failed())}
+        out: dict[str, Any] = {
+            f"{prefix}expectations_evaluated": len(self.outcomes),
+            f"{prefix}expectations_failed": len(self.failed()),
+        }
         for o in self.outcomes:
             key = prefix + o.expectation.removeprefix("expect_") + (f"[{o.column}]" if o.column else "")
-            out[key] = {k: v for k, v in {
-                "success": o.success, "element_count": o.element_count, "unexpected_count": o.unexpected_count,
-                "unexpected_percent": o.unexpected_percent, "observed_value": o.observed_value,
-                "failing_ids": o.failing_ids or None}.items() if v is not None}
+            out[key] = {
+                k: v
+                for k, v in {
+                    "success": o.success,
+                    "element_count": o.element_count,
+                    "unexpected_count": o.unexpected_count,
+                    "unexpected_percent": o.unexpected_percent,
+                    "observed_value": o.observed_value,
+                    "failing_ids": o.failing_ids or None,
+                }.items()
+                if v is not None
+            }
         return out
 
     def markdown(self) -> str:
         lines = ["| expectation | column | ok | unexpected | % | examples |", "|---|---|---|---|---|---|"]
         for o in self.outcomes:
             pct = "" if o.unexpected_percent is None else f"{o.unexpected_percent:.2f}"
-            ex = ", ".join(o.failing_ids[:5]) if o.failing_ids else (
-                "" if o.observed_value is None else f"observed {o.observed_value}")
-            lines.append(f"| {o.expectation} | {o.column or ''} | {'yes' if o.success else '**no**'} | "
-                         f"{o.unexpected_count if o.unexpected_count is not None else ''} | {pct} | {ex} |")
+            ex = (
+                ", ".join(o.failing_ids[:5])
+                if o.failing_ids
+                else ("" if o.observed_value is None else f"observed {o.observed_value}")
+            )
+            lines.append(
+                f"| {o.expectation} | {o.column or ''} | {'yes' if o.success else '**no**'} | "
+                f"{o.unexpected_count if o.unexpected_count is not None else ''} | {pct} | {ex} |"
+            )
         return "\n".join(lines)
 
 
@@ -84,8 +99,13 @@ def plain(value: Any) -> Any:
     return value
 
 
-def validate(df: pd.DataFrame, expectations: list[Expectation], id_column: str | None = None,
-             name: str = "validation", max_ids: int = 10) -> ValidationSummary:
+def validate(
+    df: pd.DataFrame,
+    expectations: list[Expectation],
+    id_column: str | None = None,
+    name: str = "validation",
+    max_ids: int = 10,
+) -> ValidationSummary:
     """Validate ``df`` against ``expectations`` with an ephemeral GX context."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -93,8 +113,7 @@ def validate(df: pd.DataFrame, expectations: list[Expectation], id_column: str |
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (ctx.data_sources.add_pandas(name).add_dataframe_asset(name)
-                 .add_batch_definition_whole_dataframe(name))
+    batch_def = ctx.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df.reset_index(drop=True)})
     suite = gx.ExpectationSuite(name=name)
     for exp in expectations:
@@ -112,15 +131,18 @@ def validate(df: pd.DataFrame, expectations: list[Expectation], id_column: str |
         if not ids and result.get("partial_unexpected_list"):
             ids = [str(v) for v in result["partial_unexpected_list"][:max_ids]]
         observed = plain(result.get("observed_value"))
-        outcomes.append(ExpectationOutcome(
-            expectation=cfg.type,
-            column=cfg.kwargs.get("column"),
-            success=bool(r.success),
-            element_count=plain(result.get("element_count")),
-            unexpected_count=plain(result.get("unexpected_count")),
-            unexpected_percent=None if result.get("unexpected_percent") is None
-            else round(float(result["unexpected_percent"]), 4),
-            observed_value=observed if isinstance(observed, (int, float, str, bool)) else None,
-            failing_ids=ids,
-        ))
+        outcomes.append(
+            ExpectationOutcome(
+                expectation=cfg.type,
+                column=cfg.kwargs.get("column"),
+                success=bool(r.success),
+                element_count=plain(result.get("element_count")),
+                unexpected_count=plain(result.get("unexpected_count")),
+                unexpected_percent=None
+                if result.get("unexpected_percent") is None
+                else round(float(result["unexpected_percent"]), 4),
+                observed_value=observed if isinstance(observed, (int, float, str, bool)) else None,
+                failing_ids=ids,
+            )
+        )
     return ValidationSummary(success=bool(res.success), outcomes=outcomes)

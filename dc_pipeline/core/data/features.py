@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def image_statistics(x: np.ndarray, ink_threshold: float = 0.5) -> pd.DataFrame:
     com_y = (x.sum(axis=2) * rows).sum(axis=1) / safe / max(h - 1, 1)
     com_x = (x.sum(axis=1) * cols).sum(axis=1) / safe / max(w - 1, 1)
     gy, gx = np.gradient(x, axis=(1, 2))
-    lap = (-4 * x[:, 1:-1, 1:-1] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:])
+    lap = -4 * x[:, 1:-1, 1:-1] + x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:]
     ink = x > ink_threshold
     any_row, any_col = ink.any(axis=2), ink.any(axis=1)
 
@@ -60,17 +61,19 @@ def image_statistics(x: np.ndarray, ink_threshold: float = 0.5) -> pd.DataFrame:
         last = mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
         return np.where(mask.any(axis=1), last - first + 1, 0) / mask.shape[1]
 
-    return pd.DataFrame({
-        "mean_intensity": flat.mean(axis=1),
-        "contrast": flat.std(axis=1),
-        "ink_fraction": ink.reshape(n, -1).mean(axis=1),
-        "edge_energy": np.sqrt(gx**2 + gy**2).reshape(n, -1).mean(axis=1),
-        "sharpness": lap.reshape(n, -1).var(axis=1),
-        "center_of_mass_x": np.where(mass > 0, com_x, 0.5),
-        "center_of_mass_y": np.where(mass > 0, com_y, 0.5),
-        "bbox_width": extent(any_col),
-        "bbox_height": extent(any_row),
-    }).astype("float64")
+    return pd.DataFrame(
+        {
+            "mean_intensity": flat.mean(axis=1),
+            "contrast": flat.std(axis=1),
+            "ink_fraction": ink.reshape(n, -1).mean(axis=1),
+            "edge_energy": np.sqrt(gx**2 + gy**2).reshape(n, -1).mean(axis=1),
+            "sharpness": lap.reshape(n, -1).var(axis=1),
+            "center_of_mass_x": np.where(mass > 0, com_x, 0.5),
+            "center_of_mass_y": np.where(mass > 0, com_y, 0.5),
+            "bbox_width": extent(any_col),
+            "bbox_height": extent(any_row),
+        }
+    ).astype("float64")
 
 
 STAT_COLUMNS = list(image_statistics(np.zeros((1, 4, 4), np.float32)).columns)
@@ -84,8 +87,9 @@ class DatasetVersion:
     hash: str
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.hash, str) and len(self.hash) == 64
-                and all(c in "0123456789abcdef" for c in self.hash)):
+        if not (
+            isinstance(self.hash, str) and len(self.hash) == 64 and all(c in "0123456789abcdef" for c in self.hash)
+        ):
             raise ValueError(f"{self.hash!r} is not a dataset hash (64 lowercase hex digits)")
 
     @property
@@ -96,11 +100,18 @@ class DatasetVersion:
         return (self.folder / "index.parquet").is_file()
 
     def write(self, index: pd.DataFrame, images: np.ndarray) -> None:
-        """Write the shards once (a version is immutable); ``index`` rows align with ``images``."""
+        """Write the shards once (a version is immutable); ``index`` rows align with ``images``. They are
+        written into a temporary folder of this process, renamed into place whole: a killed writer leaves
+        no version folder, only a temporary one, which the next write removes."""
         if self.exists():
             return
-        tmp = self.root / f".{self.hash}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        from dc_pipeline.core.atomic import remove_abandoned, temporary
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.root)
+        tmp = temporary(self.folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         ordered = []
         for split in SPLITS:
             mask = (index["split"] == split).to_numpy()
@@ -108,14 +119,21 @@ class DatasetVersion:
             np.save(tmp / f"{split}.labels.npy", index.loc[mask, "label"].to_numpy(np.int64))
             ordered.append(index[mask].assign(position=np.arange(int(mask.sum()))))
         pd.concat(ordered).to_parquet(tmp / "index.parquet", index=False)
-        tmp.rename(self.folder)
+        try:
+            tmp.rename(self.folder)
+        except OSError:  # written meanwhile by another process: the same content, keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not self.exists():
+                raise
 
     def split(self, name: str, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; one of {SPLITS}")
         mode = "r" if mmap else None
-        return (np.load(self.folder / f"{name}.images.npy", mmap_mode=mode),
-                np.load(self.folder / f"{name}.labels.npy"))
+        return (
+            np.load(self.folder / f"{name}.images.npy", mmap_mode=mode),
+            np.load(self.folder / f"{name}.labels.npy"),
+        )
 
     def index(self) -> pd.DataFrame:
         return pd.read_parquet(self.folder / "index.parquet")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dc_pipeline.core.data import safe_files
 from dc_pipeline.core.data.contracts import ProjectSpec
 
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -49,19 +50,32 @@ class ObjectStore:
         return data
 
 
-def read_image_file(batch_dir: Path, ref: str | None, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Read an image a manifest refers to by relative path. Returns ``(bytes, None)`` or ``(None, reason)``."""
-    if not ref:
+# Why a referenced image file was not read -> the reason code the record is quarantined with.
+_FILE_REASONS = {
+    safe_files.MISSING: "missing_image_file",
+    safe_files.LINK: "image_is_link",
+    safe_files.NOT_REGULAR: "image_not_regular_file",
+    safe_files.TOO_LARGE: "image_file_too_large",
+    safe_files.INVALID_PATH: "invalid_image_path",
+    safe_files.OUTSIDE: "image_path_outside_batch",
+    safe_files.UNREADABLE: "unreadable_image_file",
+}
+
+
+def read_image_file(
+    batch: safe_files.BatchFolder | Path, ref: object, max_bytes: int
+) -> tuple[bytes | None, str | None]:
+    """Read an image a manifest refers to by a path relative to the batch folder, never following a link
+    and only from a regular file. Returns ``(bytes, None)`` or ``(None, reason code)``."""
+    if ref is None or (isinstance(ref, str) and not ref.strip()):
         return None, "missing_image_reference"
-    root = batch_dir.resolve()
-    path = (root / ref).resolve()
-    if root not in path.parents:
-        return None, "image_path_outside_batch"
-    if not path.is_file():
-        return None, "missing_image_file"
-    if path.stat().st_size > max_bytes:
-        return None, "image_file_too_large"
-    return path.read_bytes(), None
+    if not isinstance(batch, safe_files.BatchFolder):
+        with safe_files.BatchFolder.open_path(batch) as folder:
+            return read_image_file(folder, ref, max_bytes)
+    try:
+        return batch.read(ref, max_bytes), None
+    except safe_files.UnsafeFile as exc:
+        return None, _FILE_REASONS[exc.kind]
 
 
 @dataclass(frozen=True)
@@ -105,8 +119,9 @@ def inspect_image(data: bytes, project: ProjectSpec) -> DecodedImage:
         img.load()  # decodes every pixel: a truncated file fails here
     except Exception as exc:
         raise ImageRejected("undecodable_image", f"decoding failed: {exc}") from None
-    return DecodedImage(width=w, height=h, channels=CHANNELS.get(img.mode, len(img.getbands())),
-                        mode=img.mode, format=img.format)
+    return DecodedImage(
+        width=w, height=h, channels=CHANNELS.get(img.mode, len(img.getbands())), mode=img.mode, format=img.format
+    )
 
 
 def to_grayscale_array(data: bytes, size: int) -> np.ndarray:

@@ -43,6 +43,26 @@ def deserialize_weights(data: bytes) -> dict:
     return load(data)
 
 
+def _card(record: dict, code: dict) -> bytes:
+    """``model.json``: what a version is, readable without the warehouse."""
+    keys = ("version_id", "kind", "model_spec", "config", "seed", "dataset_hash")
+    card = {**{k: record[k] for k in keys}, "code": code, "weights_sha256": record["weights_sha256"]}
+    return json.dumps(card, indent=2, default=str).encode()
+
+
+def _store(folder: Path, files: dict[str, bytes], replace: bool = True) -> None:
+    """Write each file whole (``core.atomic``): a killed writer leaves no partial file under the final
+    name. A file that already holds these bytes, or any file when ``replace`` is false, is kept."""
+    from dc_pipeline.core.atomic import remove_abandoned, write_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(folder)
+    for name, data in files.items():
+        target = folder / name
+        if not (target.is_file() and (not replace or target.read_bytes() == data)):
+            write_bytes(target, data)
+
+
 class Registry:
     """Registry operations over an open DuckDB connection and the artifact folder."""
 
@@ -68,32 +88,39 @@ class Registry:
         model_spec: dict,
         run_id: str | None,
     ) -> tuple[str, bool]:
-        """Store weights and lineage. Returns ``(version_id, created)``; identical weights are one version."""
+        """Store weights and lineage. Returns ``(version_id, created)``; identical weights are one version.
+
+        Files first, each written whole (a temporary file renamed into place), then the row: a killed run
+        leaves at most files without a row, never a row without its files. Registering weights whose row
+        exists repairs their files when they are missing or changed, instead of trusting the row."""
         data = serialize_weights(state_dict)
         sha = hashlib.sha256(data).hexdigest()
         version_id = f"{kind}-{sha[:12]}"
-        if self.find(version_id) is not None:
+        existing = self.find(version_id)
+        if existing is not None:
+            if existing["weights_sha256"] != sha:
+                raise RegistryError(
+                    f"{version_id} is registered with other weights (sha256 {existing['weights_sha256']})"
+                )
+            try:
+                path = stored_file(existing["weights_path"], self.root)
+            except PathOutsideDataFolder as exc:
+                raise RegistryError(f"weights of {version_id}: {exc}") from None
+            _store(path.parent, {path.name: data})
+            _store(path.parent, {"model.json": _card(existing, existing["code"])}, replace=False)
             return version_id, False
         folder = self.artifacts / "models" / version_id
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
-        path.write_bytes(data)
-        (folder / "model.json").write_text(
-            json.dumps(
-                {
-                    "version_id": version_id,
-                    "kind": kind,
-                    "model_spec": model_spec,
-                    "config": config,
-                    "seed": seed,
-                    "dataset_hash": dataset_hash,
-                    "code": code,
-                    "weights_sha256": sha,
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        record = {
+            "version_id": version_id,
+            "kind": kind,
+            "model_spec": model_spec,
+            "config": config,
+            "seed": seed,
+            "dataset_hash": dataset_hash,
+            "weights_sha256": sha,
+        }
+        _store(folder, {path.name: data, "model.json": _card(record, code)})
         self.conn.execute(
             "INSERT INTO registry.models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -122,6 +149,11 @@ class Registry:
         record = rows.iloc[0].to_dict()
         for key in ("config", "model_spec", "metrics"):
             record[key] = json.loads(record[key]) if isinstance(record[key], str) else None
+        record["code"] = {
+            "commit": record["code_commit"],
+            "dirty": record["code_dirty"],
+            "label": record["code_version"],
+        }
         return record
 
     def get(self, ref: str) -> dict:
@@ -175,14 +207,18 @@ class Registry:
             raise RegistryError(f"unknown alias {alias!r}; one of {ALIASES}")
         if self.find(version_id) is None:
             raise RegistryError(f"model version {version_id!r} is not in the registry")
-        previous = self.alias(alias)
-        if previous == version_id:
-            return False
-        self.conn.execute("INSERT OR REPLACE INTO registry.aliases VALUES (?, ?, ?)", [alias, version_id, _now()])
-        self.conn.execute(
-            "INSERT INTO registry.alias_history VALUES (?, ?, ?, ?, ?, ?)",
-            [_now(), alias, previous, version_id, reason, run_id],
-        )
+        from dc_pipeline.warehouse.io import transaction
+
+        with transaction(self.conn):  # the move and its history row, both or neither
+            previous = self.alias(alias)
+            if previous == version_id:
+                return False
+            now = _now()
+            self.conn.execute("INSERT OR REPLACE INTO registry.aliases VALUES (?, ?, ?)", [alias, version_id, now])
+            self.conn.execute(
+                "INSERT INTO registry.alias_history VALUES (?, ?, ?, ?, ?, ?)",
+                [now, alias, previous, version_id, reason, run_id],
+            )
         return True
 
     def record_gate(self, decision: GateDecision, run_id: str | None) -> None:

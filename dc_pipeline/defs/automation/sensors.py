@@ -30,13 +30,20 @@ from dc_pipeline.catalog import (
 from dc_pipeline.core.data.landing import batch_run_key, scan_landing
 from dc_pipeline.defs.resources import Alerts, DataLake, RetrainPolicy, Warehouse
 
-ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+ACTIVE = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
 def landed_batches(lake: DataLake, sources: list[str], log) -> list:
     """Complete batches of ``sources`` in the lake's landing zone (the scan ``materialize`` shares)."""
     contracts = lake.contracts()
-    return scan_landing(lake.landing, {s: contracts[s].manifest_file for s in sources}, log.warning, sources)
+    manifests = {s: contracts[s].manifest_file for s in sources}
+    return scan_landing(lake.landing, manifests, log.warning, sources, contracts.project.manifests)
 
 
 def already_ingested(instance, source: str, batch_id: str, manifest_sha256: str) -> bool:
@@ -116,41 +123,72 @@ def build_landing_sensor(sources: list[str], jobs: list | None = None):
     return landing_zone_sensor
 
 
-def retraining_reasons(conn, since: datetime | None, new_data_share: float) -> tuple[list[str], dict]:
-    """Why the models should be retrained now: drift verdicts since ``since``, and the share of accepted
-    images that are not in the champion's dataset version."""
-    from dc_pipeline.warehouse.io import table_exists
+RUN_KEY_TAG = "dagster/run_key"  # the daemon tags a run launched for a request with the request's run key
 
-    reasons, figures = [], {}
-    if table_exists(conn, "monitoring.drift_verdicts"):
-        drifted = conn.execute(
-            "SELECT source, batch_id FROM monitoring.drift_verdicts WHERE verdict = 'drift' AND reported_at > ?",
-            [since or datetime(1970, 1, 1)],
-        ).fetchall()
-        if drifted:
-            reasons.append("drift in " + ", ".join(f"{s}/{b}" for s, b in drifted))
-    if all(table_exists(conn, t) for t in ("registry.aliases", "clean.images", "features.dataset_members")):
-        row = conn.execute(
-            "SELECT m.dataset_hash FROM registry.aliases a JOIN registry.models m USING (version_id) "
-            "WHERE a.alias = 'champion'"
-        ).fetchone()
-        if row:
-            known = conn.execute(
-                "SELECT count(*) FROM features.dataset_members WHERE dataset_hash = ?", [row[0]]
-            ).fetchone()[0]
-            new = conn.execute(
-                "SELECT count(*) FROM clean.images WHERE sha256 NOT IN (SELECT sha256 FROM "
-                "features.dataset_members WHERE dataset_hash = ?)",
-                [row[0]],
-            ).fetchone()[0]
-            share = new / max(known, 1)
-            figures = {"new_images": int(new), "champion_dataset_images": int(known), "new_share": round(share, 4)}
-            if share >= new_data_share:
-                reasons.append(
-                    f"{new} accepted images ({share:.0%} of the champion's dataset) are new "
-                    f"(threshold {new_data_share:.0%})"
-                )
-    return reasons, figures
+
+def read_attempts(conn) -> list:
+    """The recorded automatic retraining attempts, oldest first."""
+    from dc_pipeline.core.ml.retraining import Attempt
+
+    rows = conn.execute(
+        f"SELECT attempted_at, dataset_hash, attempt, run_key, dagster_run_id FROM {T.RETRAINING_ATTEMPTS} "
+        "ORDER BY attempted_at"
+    ).fetchall()
+    return [Attempt(*row) for row in rows]
+
+
+def attempt_outcome(instance, conn, attempt) -> str:
+    """What came of an attempt, read from its run (found by its run key; the run id is then recorded) and
+    the gate's latest verdict in that run."""
+    from dc_pipeline.core.ml.retraining import NOT_LAUNCHED, outcome_of
+
+    if attempt.dagster_run_id:
+        run, run_id = instance.get_run_by_id(attempt.dagster_run_id), attempt.dagster_run_id
+    else:
+        runs = instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, tags={RUN_KEY_TAG: attempt.run_key}), limit=1)
+        if not runs:
+            return NOT_LAUNCHED
+        run, run_id = runs[0], runs[0].run_id
+        conn.execute(
+            f"UPDATE {T.RETRAINING_ATTEMPTS} SET dagster_run_id = ? WHERE run_key = ?", [run_id, attempt.run_key]
+        )
+    gate = conn.execute(
+        f"SELECT passed FROM {T.GATE_DECISIONS} WHERE dagster_run_id = ? ORDER BY decided_at DESC LIMIT 1", [run_id]
+    ).fetchall()
+    passed = gate[0][0] if gate else None
+    if run is None:  # launched, but no longer in this Dagster instance (wiped): the gate's verdict, if any
+        return outcome_of("SUCCESS" if passed else "FAILURE", passed)
+    return outcome_of(run.status.value, passed)
+
+
+def retraining_evidence(conn, dataset_hash: str | None, attempts: list, policy, now: datetime):
+    """What changed since the last attempt and the champion: drift verdicts reported after both, and the
+    current dataset's images that neither's dataset holds."""
+    from dc_pipeline.core.ml.retraining import Evidence, baseline
+
+    champion = conn.execute(
+        f"SELECT m.dataset_hash, m.created_at FROM {T.ALIASES} a JOIN {T.MODELS} m USING (version_id) "
+        "WHERE a.alias = 'champion'"
+    ).fetchall()
+    base = baseline(attempts, policy, now, *(champion[0] if champion else (None, None)))
+    drifted = conn.execute(
+        f"SELECT source, batch_id FROM {T.DRIFT_VERDICTS} WHERE verdict = 'drift' AND reported_at > ? "
+        "ORDER BY reported_at, source, batch_id",
+        [base.since or datetime(1970, 1, 1)],
+    ).fetchall()
+    new = known = 0
+    if base.datasets and dataset_hash:
+        marks = ", ".join("?" for _ in base.datasets)
+        new = conn.execute(
+            f"SELECT count(*) FROM {T.DATASET_MEMBERS} WHERE dataset_hash = ? AND sha256 NOT IN "
+            f"(SELECT sha256 FROM {T.DATASET_MEMBERS} WHERE dataset_hash IN ({marks}))",
+            [dataset_hash, *base.datasets],
+        ).fetchall()[0][0]
+        known = conn.execute(
+            f"SELECT count(DISTINCT sha256) FROM {T.DATASET_MEMBERS} WHERE dataset_hash IN ({marks})",
+            list(base.datasets),
+        ).fetchall()[0][0]
+    return Evidence(tuple(f"{s}/{b}" for s, b in drifted), int(new), int(known))
 
 
 @sensor(
@@ -159,30 +197,87 @@ def retraining_reasons(conn, since: datetime | None, new_data_share: float) -> t
     default_status=DefaultSensorStatus.RUNNING,
     job_name=RETRAIN_JOB,
     description=(
-        "Requests retraining (both models, evaluation, promotion gate) when a batch's drift verdict is "
-        "`drift`, or when accepted images not in the champion's dataset reach a share of it "
-        "(resource `retrain_policy`, default 20%). Never while a retraining is queued or running; batches that failed "
-        "their blocking checks never reach clean data, so they are never trained on."
+        "Requests retraining (both models, evaluation, promotion gate) of the current dataset version when a "
+        "drift verdict is reported after its last attempt, or when the dataset's images that neither the last "
+        "attempt's dataset nor the champion's holds reach a share of them (resource `retrain_policy`, default "
+        "20%). Never while a retraining is queued or running, never twice on the same dataset version (a new "
+        "version, `rearm_at` or a manual launch retries), with a back-off after refusals and failures and a cap "
+        "per day. Every request is recorded in training.retraining_attempts; the skip reason names the rule "
+        "that held it back."
     ),
 )
 def retraining_trigger(context: SensorEvaluationContext, warehouse: Warehouse, retrain_policy: RetrainPolicy):
+    from dc_pipeline.core.ml.retraining import utcnow
+    from dc_pipeline.warehouse.connect import WarehouseBusy
+
+    now = utcnow()
     active = context.instance.get_runs(RunsFilter(job_name=RETRAIN_JOB, statuses=ACTIVE), limit=1)
-    if active:
-        return SkipReason(f"a retraining run is already {active[0].status.value.lower()}: {active[0].run_id}")
-    since = datetime.fromisoformat(context.cursor) if context.cursor else None
-    now = datetime.now(UTC).replace(tzinfo=None)
-    with warehouse.get_connection() as conn:
-        reasons, figures = retraining_reasons(conn, since, retrain_policy.new_data_share)
-    if not reasons:
-        return SensorResult(
-            skip_reason=SkipReason(f"no drift and not enough new data {figures}"), cursor=now.isoformat()
+    if active:  # before opening the warehouse, which that run is writing
+        message = (
+            f"retraining running: a retraining run is already {active[0].status.value.lower()}: {active[0].run_id}"
         )
-    context.log.info("requesting retraining: " + "; ".join(reasons))
+        return SensorResult(
+            skip_reason=SkipReason(message), cursor=json.dumps({"checked_at": now.isoformat(), "rule": "running"})
+        )
+    policy = retrain_policy.policy()
+    try:
+        return _retraining_tick(context, warehouse, policy, now)
+    except WarehouseBusy as exc:  # a step is writing: decide on the next tick, well inside the tick timeout
+        return SensorResult(
+            skip_reason=SkipReason(f"warehouse busy: {exc}"),
+            cursor=json.dumps({"checked_at": now.isoformat(), "rule": "warehouse busy"}),
+        )
+
+
+def _retraining_tick(context, warehouse: Warehouse, policy, now):
+    """Read the attempts and the evidence, decide, and record a requested attempt, in one transaction."""
+    import pandas as pd
+
+    from dc_pipeline.core.ml.retraining import decide
+    from dc_pipeline.warehouse.io import append_rows
+    from dc_pipeline.warehouse.queries import current_dataset_version
+
+    with warehouse.get_connection(wait_seconds=15) as conn:
+        try:
+            dataset = current_dataset_version(conn)["dataset_hash"]
+        except ValueError:
+            dataset = None
+        attempts = read_attempts(conn)
+        known: dict[str, str] = {}
+
+        def outcome(attempt) -> str:
+            if attempt.run_key not in known:
+                known[attempt.run_key] = attempt_outcome(context.instance, conn, attempt)
+            return known[attempt.run_key]
+
+        evidence = retraining_evidence(conn, dataset, attempts, policy, now)
+        decision = decide(now, policy, dataset, attempts, evidence, outcome)
+        if decision.records_attempt:  # recorded before the request leaves: no request without its row
+            row = {
+                "attempted_at": now,
+                "dataset_hash": decision.dataset_hash,
+                "attempt": decision.attempt,
+                "run_key": decision.run_key,
+                "reasons": json.dumps(list(decision.reasons)),
+                "figures": json.dumps({**evidence.figures(), "drifted": list(evidence.drifted)}),
+            }
+            append_rows(conn, T.RETRAINING_ATTEMPTS, pd.DataFrame([row]))
+    cursor = json.dumps({"checked_at": now.isoformat(), "rule": decision.rule, "run_key": decision.run_key})
+    if not decision.requests:
+        return SensorResult(skip_reason=SkipReason(decision.message), cursor=cursor)
+    context.log.info(f"requesting retraining ({decision.run_key}): {decision.message}")
     return SensorResult(
         run_requests=[
-            RunRequest(run_key=f"retrain:{now.isoformat()}", tags={"dc/retrain_reason": "; ".join(reasons)[:1000]})
+            RunRequest(
+                run_key=decision.run_key,
+                tags={
+                    "dc/retrain_reason": "; ".join(decision.reasons)[:1000],
+                    "dc/dataset_hash": decision.dataset_hash,
+                    "dc/retrain_attempt": str(decision.attempt),
+                },
+            )
         ],
-        cursor=now.isoformat(),
+        cursor=cursor,
     )
 
 

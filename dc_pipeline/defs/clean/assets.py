@@ -32,18 +32,32 @@ def load_raw(conn, sources: list[str]) -> pd.DataFrame:
     )
 
 
-def blocked_batches(conn) -> dict[tuple[str, str], str]:
-    """Batches whose latest blocking check verdict is a failure, with the reason."""
+def blocked_batches(conn, batches) -> dict[tuple[str, str], str]:
+    """Of ``batches`` ((source, batch_id) pairs), those without a recorded pass of every blocking batch
+    check, with the reason. Fail closed: a check that failed, raised or never ran keeps its batch out."""
+    from dc_pipeline.core.data.ingestion import BLOCKING_BATCH_CHECKS
     from dc_pipeline.warehouse.io import table_exists
 
-    if not table_exists(conn, BATCH_GATE):
-        return {}
-    gate = conn.execute(f"SELECT source, batch_id, check_name, detail FROM {BATCH_GATE} WHERE NOT passed").df()
+    verdicts: dict[tuple[str, str, str], tuple[bool, str]] = {}
+    if table_exists(conn, BATCH_GATE):
+        gate = conn.execute(f"SELECT source, batch_id, check_name, passed, detail FROM {BATCH_GATE}").fetchall()
+        verdicts = {(s, b, c): (bool(p), d or "") for s, b, c, p, d in gate}
     out: dict[tuple[str, str], str] = {}
-    for row in gate.itertuples():
-        key = (row.source, row.batch_id)
-        out[key] = "; ".join(filter(None, [out.get(key), f"{row.check_name} failed: {row.detail}"]))
+    for key in sorted(set(batches)):
+        reasons = []
+        for check in BLOCKING_BATCH_CHECKS:
+            verdict = verdicts.get((*key, check))
+            if verdict is None:
+                reasons.append(f"{check}: check did not complete")
+            elif not verdict[0]:
+                reasons.append(f"{check} failed: {verdict[1]}")
+        if reasons:
+            out[key] = "; ".join(reasons)
     return out
+
+
+def _batches(*frames: pd.DataFrame) -> set[tuple[str, str]]:
+    return {(s, b) for f in frames if len(f) for s, b in zip(f["source"], f["batch_id"])}
 
 
 def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
@@ -59,7 +73,9 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 deps=[raw_key(s) for s in sources],
                 description=(
                     "Accepted unique images: decoded and validated, labels mapped to class ids, "
-                    "capture times in UTC, exact duplicates (same sha256) kept once."
+                    "capture times in UTC, exact duplicates (same sha256) kept once. Only batches with a "
+                    "recorded pass of every blocking batch check are taken (a check that never completed "
+                    "keeps its batch out)."
                 ),
             ),
             AssetSpec(
@@ -100,7 +116,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         with warehouse.get_connection() as conn:
             raw = load_raw(conn, sources)
             reviews = load_raw(conn, review_sources) if review_sources else pd.DataFrame()
-            blocked = blocked_batches(conn)
+            blocked = blocked_batches(conn, _batches(raw, reviews))
         result = clean(raw, contracts, lake.object_store(), blocked)
         images = result.images.copy()
         images["captured_at"] = pd.to_datetime(images["captured_at"], utc=True).dt.tz_localize(None)
@@ -157,8 +173,8 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         additional_deps=[QUARANTINE, LINEAGE, DECISIONS],
         pool=DUCKDB_POOL,
         description=(
-            "Blocking. For every batch (images and reviews): records in the manifest = accepted + "
-            "duplicates + quarantined. "
+            "Blocking. For every batch (images and reviews): records in the manifest = raw rows = accepted + "
+            "duplicates + quarantined; a batch refused as a whole has no raw rows and is listed as refused. "
             "A record that vanished without a row saying why would make every later figure a lie."
         ),
     )
@@ -168,11 +184,11 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         with warehouse.get_connection() as conn:
             history = (
                 conn.execute(
-                    "SELECT source, batch_id, arg_max(record_count, observed_at) AS manifest_records "
-                    "FROM raw.schema_history GROUP BY source, batch_id"
+                    "SELECT source, batch_id, arg_max(record_count, observed_at) AS manifest_records, "
+                    "arg_max(status, observed_at) AS status FROM raw.schema_history GROUP BY source, batch_id"
                 ).df()
                 if table_exists(conn, "raw.schema_history")
-                else pd.DataFrame(columns=["source", "batch_id", "manifest_records"])
+                else pd.DataFrame(columns=["source", "batch_id", "manifest_records", "status"])
             )
             raw = conn.execute(
                 " UNION ALL ".join(
@@ -193,11 +209,14 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 "SELECT source, batch_id, count(*) AS quarantined FROM clean.quarantine GROUP BY ALL"
             ).df()
         table = history.merge(raw, how="outer").merge(lineage, how="outer").merge(quarantined, how="outer")
-        table = table.fillna(0)
+        # A refused batch has no raw rows: its records (counted when they could be) are refused with it.
+        table["refused"] = (table["status"] == "refused").fillna(False).astype(bool)
+        table["status"] = table["status"].fillna("unknown")
         for col in ("manifest_records", "raw_rows", "accepted", "duplicates", "quarantined"):
-            table[col] = table[col].astype(int)
-        table["balanced"] = (table["manifest_records"] == table["raw_rows"]) & (
-            table["manifest_records"] == table["accepted"] + table["duplicates"] + table["quarantined"]
+            table[col] = table[col].fillna(0).astype(int)
+        taken = table["accepted"] + table["duplicates"] + table["quarantined"]
+        table["balanced"] = (table["refused"] & (table["raw_rows"] == 0) & (taken == 0)) | (
+            ~table["refused"] & (table["manifest_records"] == table["raw_rows"]) & (table["manifest_records"] == taken)
         )
         bad = table[~table["balanced"]]
         return AssetCheckResult(
@@ -206,6 +225,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
             metadata={
                 "batches": int(len(table)),
                 "unbalanced_batches": int(len(bad)),
+                "refused_batches": int(table["refused"].sum()),
                 "manifest_records": int(table["manifest_records"].sum()),
                 "per_batch": MetadataValue.md(table.to_markdown(index=False)),
             },

@@ -16,7 +16,7 @@ from dc_pipeline.catalog import (
 )
 from dc_pipeline.defs.resources import DataLake, LabelAudit, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
-from dc_pipeline.warehouse.queries import load_alias_model
+from dc_pipeline.warehouse.queries import load_alias_model, published_rows
 
 REVIEW_QUEUE = T.REVIEW_QUEUE
 
@@ -27,7 +27,7 @@ def outstanding_errors(ground_truth_path: str, conn) -> set[str]:
 
     truth = pd.read_csv(ground_truth_path, dtype={"record_id": str})
     lineage = conn.execute("SELECT DISTINCT source, record_id, sha256 FROM clean.lineage").df()
-    current = conn.execute("SELECT sha256, label FROM features.dataset_index").df()
+    current = published_rows(conn, T.DATASET_INDEX, "sha256, label")
     merged = truth.merge(lineage, on=["source", "record_id"]).merge(current, on="sha256")
     return set(merged.loc[merged["label"] != merged["true_label"], "sha256"])
 
@@ -149,7 +149,7 @@ def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
     with warehouse.get_connection() as conn:
         champion = load_alias_model(conn, lake.artifacts)
         meta = current_version(conn)
-        stats = conn.execute("SELECT * FROM features.image_stats").df()
+        stats = published_rows(conn, T.IMAGE_STATS)
     if champion is None:
         raise ValueError("no champion yet: materialize the evaluation group first")
     version = DatasetVersion(lake.datasets, meta["dataset_hash"])

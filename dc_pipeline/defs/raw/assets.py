@@ -26,11 +26,8 @@ BATCH_GATE = T.BATCH_GATE
 BATCH_TOLERANCE = {"ids": 0.05, "labels": 0.10, "timestamps": 0.05, "payload": 0.10}
 
 
-def record_gate(conn, source: str, batch_id: str, check: str, passed: bool, detail: str) -> None:
-    """Remember a blocking check's verdict so later runs of cleaning keep a failed batch out."""
-    from dc_pipeline.warehouse.io import replace_rows
-
-    row = pd.DataFrame(
+def gate_row(source: str, batch_id: str, check: str, passed: bool, detail: str) -> pd.DataFrame:
+    return pd.DataFrame(
         [
             {
                 "source": source,
@@ -42,7 +39,84 @@ def record_gate(conn, source: str, batch_id: str, check: str, passed: bool, deta
             }
         ]
     )
-    replace_rows(conn, BATCH_GATE, row, {"source": source, "batch_id": batch_id, "check_name": check})
+
+
+def record_gate(conn, source: str, batch_id: str, check: str, passed: bool, detail: str) -> None:
+    """Remember a blocking check's verdict so later runs of cleaning keep a failed batch out."""
+    from dc_pipeline.warehouse.io import replace_rows
+
+    replace_rows(
+        conn,
+        BATCH_GATE,
+        gate_row(source, batch_id, check, passed, detail),
+        {"source": source, "batch_id": batch_id, "check_name": check},
+    )
+
+
+def write_batch(
+    conn, source: str, batch_id: str, rows: pd.DataFrame, history: pd.DataFrame, gate: pd.DataFrame
+) -> None:
+    """In one transaction: replace the batch's raw rows, add its schema history row, and replace every
+    verdict of the batch with ``gate`` (the schema verdict). A refused value leaves nothing half written."""
+    from dc_pipeline.warehouse.io import append_rows, replace_rows, transaction
+
+    with transaction(conn):
+        replace_rows(conn, raw_table(source), rows, {"batch_id": batch_id})
+        append_rows(conn, SCHEMA_HISTORY, history)
+        replace_rows(conn, BATCH_GATE, gate, {"source": source, "batch_id": batch_id})
+
+
+def _batch_quality(source: str, batch_id: str, lake: DataLake, warehouse: Warehouse) -> tuple[bool, str, dict]:
+    """Great Expectations on one raw batch: ``(passed, failed expectations, metadata)``."""
+    from dc_pipeline.core.data.expectations import Expectation as E
+    from dc_pipeline.core.data.expectations import validate
+    from dc_pipeline.core.data.ingestion import health_frame
+
+    contracts = lake.contracts()
+    contract = contracts[source]
+    with warehouse.get_connection() as conn:
+        status = conn.execute(
+            f"SELECT status, messages FROM {SCHEMA_HISTORY} WHERE source = ? AND batch_id = ? "
+            "ORDER BY observed_at DESC LIMIT 1",
+            [source, batch_id],
+        ).fetchall()
+        rows = conn.execute(f"SELECT * FROM {raw_table(source)} WHERE batch_id = ?", [batch_id]).df()
+    if status and status[0][0] == "refused":
+        detail = f"the batch was refused: {'; '.join(json.loads(status[0][1]))}"
+        return False, detail, {"refused": MetadataValue.text(detail)}
+    now = datetime.now(UTC)
+    frame = health_frame(rows, contract, contracts.project, now)
+    summary = validate(
+        frame,
+        [
+            E("ExpectColumnValuesToNotBeNull", column="record_id", mostly=1 - BATCH_TOLERANCE["ids"]),
+            E("ExpectColumnValuesToBeUnique", column="record_id", mostly=1 - BATCH_TOLERANCE["ids"]),
+            E(
+                "ExpectColumnValuesToBeInSet",
+                column="label_ok",
+                value_set=[True],
+                mostly=1 - BATCH_TOLERANCE["labels"],
+            ),
+            E("ExpectColumnValuesToNotBeNull", column="captured_at", mostly=1 - BATCH_TOLERANCE["timestamps"]),
+            E(
+                "ExpectColumnValuesToBeBetween",
+                column="captured_at",
+                min_value=contracts.project.earliest.replace(tzinfo=None),
+                max_value=contracts.project.plausible_until(now).replace(tzinfo=None),
+                mostly=1 - BATCH_TOLERANCE["timestamps"],
+            ),
+            E(
+                "ExpectColumnValuesToBeInSet",
+                column="payload_ok",
+                value_set=[True],
+                mostly=1 - BATCH_TOLERANCE["payload"],
+            ),
+        ],
+        id_column="record_id",
+        name=f"{source}_batch_quality",
+    )
+    failed = "; ".join(f"{o.expectation}[{o.column}]" for o in summary.failed())
+    return summary.success, failed, {**summary.metadata(), "report": MetadataValue.md(summary.markdown())}
 
 
 def build_ingestion(source: str) -> list:
@@ -59,7 +133,9 @@ def build_ingestion(source: str) -> list:
         description=(
             f"Raw records of `{source}`, one row per manifest row of a landing batch, values exactly as sent, "
             "with provenance (batch, manifest file and sha256, row number, ingested_at, code version). "
-            "Image bytes go to the content-addressed store."
+            "Image bytes go to the content-addressed store. Files are read only from inside the batch folder "
+            "(no link followed, regular files only, sizes bounded); a batch that cannot be read that way, or "
+            "whose manifest is past a bound, is refused as a whole with its reason in the schema history."
         ),
         check_specs=[
             AssetCheckSpec(
@@ -69,17 +145,17 @@ def build_ingestion(source: str) -> list:
                 partitions_def=partitions,
                 description=(
                     "Blocking. The batch's observed columns and types match the source contract. An alias is mapped "
-                    "with a warning; a missing, unknown or retyped column stops the batch: cleaning would otherwise "
-                    "coerce or drop values silently."
+                    "with a warning; a missing, unknown, duplicated or retyped column stops the batch: cleaning "
+                    "would otherwise coerce or drop values silently. A refused batch (unsafe or unreadable "
+                    "delivery) fails it too."
                 ),
             )
         ],
     )
     def raw_batch(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
-        from dc_pipeline.core.data.ingestion import ingest_batch
-        from dc_pipeline.core.data.manifests import ManifestError
+        from dc_pipeline.core.data.ingestion import IncompleteBatch, ingest_batch
         from dc_pipeline.core.provenance import code_version
-        from dc_pipeline.warehouse.io import append_rows, read, replace_rows, table_exists
+        from dc_pipeline.warehouse.io import read
         from dc_pipeline.warehouse.migrations import ensure_table
         from dc_pipeline.warehouse.tables import raw_table_spec
 
@@ -88,50 +164,57 @@ def build_ingestion(source: str) -> list:
         contract = contracts[source]
         try:
             batch = ingest_batch(
-                lake.batch_dir(source, batch_id),
+                lake.landing,
                 source,
                 batch_id,
                 contract,
                 lake.object_store(),
-                contracts.project.max_file_bytes,
+                contracts.project,
                 str(code_version()["label"]),
             )
-        except (ManifestError, ValueError) as exc:
-            raise Failure(description=f"{source}/{batch_id} cannot be ingested: {exc}") from exc
+        except IncompleteBatch as exc:
+            raise Failure(description=f"{source}/{batch_id} cannot be ingested yet: {exc}") from exc
 
         with warehouse.get_connection() as conn:
             ensure_table(conn, raw_table_spec(source, contract.kind))  # the raw table's owner creates it
-            previous = None
-            if table_exists(conn, SCHEMA_HISTORY):
-                prev = read(
-                    conn,
-                    f"SELECT schema_hash FROM {SCHEMA_HISTORY} WHERE source = ? AND batch_id <> ? "
-                    "ORDER BY observed_at DESC LIMIT 1",
-                    [source, batch_id],
-                )
-                previous = prev["schema_hash"].iloc[0] if len(prev) else None
-            history = batch.schema_record(previous)
+            prev = read(
+                conn,
+                f"SELECT schema_hash FROM {SCHEMA_HISTORY} WHERE source = ? AND batch_id <> ? "
+                "AND schema_hash IS NOT NULL ORDER BY observed_at DESC LIMIT 1",
+                [source, batch_id],
+            )
+            history = batch.schema_record(prev["schema_hash"].iloc[0] if len(prev) else None)
             history.update(
-                source=source,
-                batch_id=batch_id,
                 contract_version=contract.version,
                 observed_at=datetime.now(UTC).replace(tzinfo=None),
             )
-            append_rows(conn, SCHEMA_HISTORY, pd.DataFrame([history]).astype({"previous_schema_hash": "string"}))
-            replace_rows(conn, raw_table(source), batch.rows, {"batch_id": batch_id})
-            record_gate(
-                conn, source, batch_id, "schema_contract", not batch.verdict.blocked, "; ".join(batch.verdict.messages)
+            history_frame = pd.DataFrame([history]).astype(
+                {"previous_schema_hash": "string", "schema_hash": "string", "record_count": "Int64"}
+            )
+            # The batch's raw rows, its schema history row and its first verdict: all of them or none. The
+            # other verdicts of an earlier delivery of the batch no longer hold for these rows.
+            write_batch(
+                conn,
+                source,
+                batch_id,
+                batch.rows,
+                history_frame,
+                gate_row(
+                    source, batch_id, "schema_contract", not batch.verdict.blocked, "; ".join(batch.verdict.messages)
+                ),
             )
 
         for message in batch.verdict.messages:
             (context.log.error if batch.verdict.blocked else context.log.warning)(f"{source}/{batch_id}: {message}")
+        manifest = batch.manifest
         yield MaterializeResult(
             metadata={
                 **table_metadata(batch.rows),
-                "manifest_sha256": batch.manifest.sha256,
+                "manifest_sha256": batch.fingerprint,
                 "schema_status": batch.verdict.status,
-                "schema_hash": history["schema_hash"],
+                "schema_hash": history["schema_hash"] or "",
                 "schema_changed_from_previous_batch": bool(history["changed_from_previous"]),
+                **({"refused": batch.refusal.message} if batch.refusal else {}),
                 **(
                     {
                         "images_stored": int(batch.rows["image_sha256"].notna().sum()),
@@ -149,7 +232,7 @@ def build_ingestion(source: str) -> list:
             metadata={
                 "status": batch.verdict.status,
                 "messages": MetadataValue.md("\n".join(f"- {m}" for m in batch.verdict.messages) or "_none_"),
-                "observed_columns": MetadataValue.json(batch.manifest.column_types),
+                "observed_columns": MetadataValue.json(manifest.column_types if manifest else {}),
                 "renamed_columns": MetadataValue.json(batch.verdict.renames),
                 "contract_version": contract.version,
             },
@@ -166,58 +249,20 @@ def build_ingestion(source: str) -> list:
             "times parse and are plausible, the payload is there (image bytes, or a known review decision). "
             "Single bad records are quarantined by "
             f"cleaning; more than {BATCH_TOLERANCE} of a batch wrong means a broken delivery, so the batch is "
-            "kept out of everything downstream."
+            "kept out of everything downstream. A check that cannot complete records a failure."
         ),
     )
     def batch_quality(context, lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
-        from dc_pipeline.core.data.expectations import Expectation as E
-        from dc_pipeline.core.data.expectations import validate
-        from dc_pipeline.core.data.ingestion import health_frame
-
         batch_id = context.partition_key
-        contracts = lake.contracts()
-        contract = contracts[source]
+        try:
+            passed, detail, metadata = _batch_quality(source, batch_id, lake, warehouse)
+        except Exception as exc:  # fail closed: a check that could not decide is a failure, recorded as one
+            context.log.exception(f"{source}/{batch_id}: batch_quality did not complete")
+            passed, detail = False, f"check did not complete: {type(exc).__name__}: {exc}"
+            metadata = {"error": MetadataValue.text(detail[:2000])}
         with warehouse.get_connection() as conn:
-            rows = conn.execute(f"SELECT * FROM {raw_table(source)} WHERE batch_id = ?", [batch_id]).df()
-        frame = health_frame(rows, contract, contracts.project.classes)
-        now = datetime.now(UTC).replace(tzinfo=None)
-        summary = validate(
-            frame,
-            [
-                E("ExpectColumnValuesToNotBeNull", column="record_id", mostly=1 - BATCH_TOLERANCE["ids"]),
-                E("ExpectColumnValuesToBeUnique", column="record_id", mostly=1 - BATCH_TOLERANCE["ids"]),
-                E(
-                    "ExpectColumnValuesToBeInSet",
-                    column="label_ok",
-                    value_set=[True],
-                    mostly=1 - BATCH_TOLERANCE["labels"],
-                ),
-                E("ExpectColumnValuesToNotBeNull", column="captured_at", mostly=1 - BATCH_TOLERANCE["timestamps"]),
-                E(
-                    "ExpectColumnValuesToBeBetween",
-                    column="captured_at",
-                    min_value=contracts.project.earliest.replace(tzinfo=None),
-                    max_value=now + contracts.project.max_future,
-                    mostly=1 - BATCH_TOLERANCE["timestamps"],
-                ),
-                E(
-                    "ExpectColumnValuesToBeInSet",
-                    column="payload_ok",
-                    value_set=[True],
-                    mostly=1 - BATCH_TOLERANCE["payload"],
-                ),
-            ],
-            id_column="record_id",
-            name=f"{source}_batch_quality",
-        )
-        failed = "; ".join(f"{o.expectation}[{o.column}]" for o in summary.failed())
-        with warehouse.get_connection() as conn:
-            record_gate(conn, source, batch_id, "batch_quality", summary.success, failed)
-        return AssetCheckResult(
-            passed=summary.success,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={**summary.metadata(), "report": MetadataValue.md(summary.markdown())},
-        )
+            record_gate(conn, source, batch_id, "batch_quality", passed, detail)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
 
     @asset_check(
         asset=key,
@@ -241,7 +286,8 @@ def build_ingestion(source: str) -> list:
             rows = conn.execute(f"SELECT row_number FROM {raw_table(source)} WHERE batch_id = ?", [batch_id]).df()
             prev = conn.execute(
                 f"SELECT batch_id, arg_max(record_count, observed_at) AS n FROM {SCHEMA_HISTORY} "
-                "WHERE source = ? AND batch_id <> ? AND status <> 'blocked' GROUP BY batch_id",
+                "WHERE source = ? AND batch_id <> ? AND status NOT IN ('blocked', 'refused') "
+                "AND record_count IS NOT NULL GROUP BY batch_id",
                 [source, batch_id],
             ).df()
         low, high = expected_batch_size([int(n) for n in prev["n"]])

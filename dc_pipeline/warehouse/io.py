@@ -64,32 +64,21 @@ def transaction(conn) -> Iterator:
     conn.execute("COMMIT")
 
 
-def _in_transaction(conn, statements) -> None:
-    with transaction(conn):
-        statements()
-
-
 def replace_table(conn, table: str, df: pd.DataFrame) -> None:
     """Replace every row of ``table`` with ``df``, in one transaction."""
     _require(conn, table)
-
-    def run():
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table}")
         _insert(conn, table, df, "_replace_df")
-
-    _in_transaction(conn, run)
 
 
 def replace_rows(conn, table: str, df: pd.DataFrame, where: dict[str, object]) -> None:
     """Delete the rows matching ``where`` and insert ``df``, in one transaction (a partition write)."""
     _require(conn, table)
     clause = " AND ".join(f'"{k}" = ?' for k in where)
-
-    def run():
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
         _insert(conn, table, df, "_rows_df")
-
-    _in_transaction(conn, run)
 
 
 def append_rows(conn, table: str, df: pd.DataFrame) -> None:

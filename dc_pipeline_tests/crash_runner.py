@@ -60,10 +60,11 @@ def _arm_ingest(c: _Countdown) -> None:
 
 
 def _arm_clean(c: _Countdown) -> None:
-    """Mid-cleaning: clean.images replaced, the other clean tables not yet."""
+    """Mid-cleaning, inside its transaction: the batch's candidates and quarantine rows written, the images,
+    lineage and ledger not yet."""
     import dc_pipeline.warehouse.io as io
 
-    _wrap(io, "replace_table", c, only=lambda conn, table, df: table.startswith("clean."))
+    _wrap(io, "append_rows", c, only=lambda conn, table, df: table.startswith("clean."))
 
 
 def _arm_version_write(c: _Countdown) -> None:

@@ -37,7 +37,7 @@ SCENARIO = [("ingest_field_app", "b1"), ("retrain", "")]
 # Per job, the points the run is killed at, one after the other; each kill is followed by a re-execution
 # from the failure (the last one runs to the end). See crash_runner.KILL_POINTS.
 KILLS = {
-    "ingest_field_app": ["ingest:40", "clean:1", "version_write:3", "version_staged:1"],
+    "ingest_field_app": ["ingest:40", "clean:2", "version_write:3", "version_staged:1"],
     "retrain": ["training:2", "weights_mid_write:1", "registered_files:1", "alias:1", "alias:2"],
 }
 

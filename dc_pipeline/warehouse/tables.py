@@ -26,6 +26,7 @@ class Table:
     columns: tuple[Column, ...]
     description: str = ""
     since: int = 1
+    indexes: tuple[str, ...] = ()  # columns with an ART index: the keys of per-batch lookups
 
     @property
     def schema(self) -> str:
@@ -33,6 +34,10 @@ class Table:
 
     def column_names(self, until: int | None = None) -> list[str]:
         return [c.name for c in self.columns if until is None or c.since <= until]
+
+    def index_sql(self) -> list[str]:
+        base = self.name.replace(".", "_")
+        return [f'CREATE INDEX IF NOT EXISTS {base}_{c} ON {self.name} ("{c}")' for c in self.indexes]
 
     def create_sql(self, until: int | None = None) -> str:
         cols = ", ".join(f'"{c.name}" {c.type}' for c in self.columns if until is None or c.since <= until)
@@ -72,6 +77,7 @@ def raw_table_spec(source: str, kind: str) -> Table:
         "dc_pipeline.defs.raw.assets",
         RAW_REVIEW_COLUMNS if kind == "reviews" else RAW_IMAGE_COLUMNS,
         f"Raw records of {source}, values as delivered, with provenance.",
+        indexes=("batch_id",),
     )
 
 
@@ -109,6 +115,7 @@ TABLES: tuple[Table, ...] = (
             "n_copies BIGINT"
         ),
         "Accepted unique images.",
+        indexes=("sha256", "image_id", "batch_id"),
     ),
     Table(
         T.QUARANTINE,
@@ -118,6 +125,7 @@ TABLES: tuple[Table, ...] = (
             "record_id VARCHAR, image_sha256 VARCHAR, reason VARCHAR, detail VARCHAR"
         ),
         "Rejected records with reasons.",
+        indexes=("image_sha256", "batch_id"),
     ),
     Table(
         T.LINEAGE,
@@ -127,6 +135,7 @@ TABLES: tuple[Table, ...] = (
             "row_number BIGINT, record_id VARCHAR, label BIGINT"
         ),
         "Every accepted record, kept or duplicate.",
+        indexes=("sha256", "batch_id"),
     ),
     Table(
         T.REVIEW_DECISIONS,
@@ -136,6 +145,56 @@ TABLES: tuple[Table, ...] = (
             "decided_at TIMESTAMP, source VARCHAR, batch_id VARCHAR, row_number BIGINT"
         ),
         "Accepted review decisions.",
+        indexes=("sha256", "batch_id"),
+    ),
+    Table(
+        T.CANDIDATES,
+        _CLEAN,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, row_number BIGINT, "
+            "record_id VARCHAR, image_sha256 VARCHAR, label BIGINT, captured_at TIMESTAMP, device_id VARCHAR, "
+            "width BIGINT, height BIGINT, channels BIGINT, mode VARCHAR",
+            since=5,
+        ),
+        "Every raw image record that passed the per-record checks, before the cross-batch rules (record id "
+        "conflicts, label conflicts, duplicates): what incremental cleaning looks up instead of reloading history.",
+        since=5,
+        indexes=("image_sha256", "record_id", "batch_id"),
+    ),
+    Table(
+        T.REVIEW_ROWS,
+        _CLEAN,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, manifest_file VARCHAR, manifest_sha256 VARCHAR, row_number BIGINT, "
+            "image_sha256 VARCHAR, decision VARCHAR, new_label BIGINT, reviewer VARCHAR, reason VARCHAR, "
+            "decided_at TIMESTAMP, reason_if_known VARCHAR, detail_if_known VARCHAR",
+            since=5,
+        ),
+        "Every review record that names an image, with the verdict it gets once that image is accepted "
+        "(reason_if_known NULL: accepted): a decision may arrive before the image it is about.",
+        since=5,
+        indexes=("image_sha256", "batch_id"),
+    ),
+    Table(
+        T.CLEANED_BATCHES,
+        _CLEAN,
+        _cols(
+            "source VARCHAR, batch_id VARCHAR, kind VARCHAR, raw_observed_at TIMESTAMP, gate_evaluated_at TIMESTAMP, "
+            "blocked VARCHAR, raw_rows BIGINT, cleaned_at TIMESTAMP, cleaned_run_id VARCHAR, touched_run_id VARCHAR",
+            since=5,
+        ),
+        "Every batch cleaning has taken in: when the raw delivery and the gate verdicts it saw were written, so "
+        "a batch is cleaned again exactly when either changes, and the last run that changed any of its rows.",
+        since=5,
+    ),
+    Table(
+        T.CLEAN_CHANGES,
+        _CLEAN,
+        _cols("seq BIGINT, sha256 VARCHAR, run_id VARCHAR, changed_at TIMESTAMP", since=5),
+        "The images whose clean rows or review decisions a cleaning run changed, numbered by run (seq): the "
+        "features stage reads only the changes after the ones its dataset version already contains.",
+        since=5,
+        indexes=("seq", "run_id"),
     ),
     Table(
         T.DATASET_VERSIONS,
@@ -146,7 +205,12 @@ TABLES: tuple[Table, ...] = (
             "upstream_batches VARCHAR, path VARCHAR, code_version VARCHAR, is_current BOOLEAN, relabelled BIGINT, "
             "excluded BIGINT"
         )
-        + _cols("status VARCHAR, published_at TIMESTAMP, audit VARCHAR", since=4),
+        + _cols("status VARCHAR, published_at TIMESTAMP, audit VARCHAR", since=4)
+        + _cols(
+            "format VARCHAR, lance_version BIGINT, content_sum VARCHAR, parent_hash VARCHAR, clean_seq BIGINT, "
+            "added BIGINT, removed BIGINT, changed BIGINT, pruned_at TIMESTAMP",
+            since=5,
+        ),
         "Every dataset version: written as 'staged', 'published' (is_current: the one published last) once its "
         "blocking checks passed, or 'rejected' with the audit's reasons; path is relative to the data folder.",
     ),
@@ -185,8 +249,61 @@ TABLES: tuple[Table, ...] = (
             "sharpness DOUBLE, center_of_mass_x DOUBLE, center_of_mass_y DOUBLE, bbox_width DOUBLE, bbox_height DOUBLE, "
             "image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, device_id VARCHAR"
         )
-        + _cols("dataset_hash VARCHAR", since=4),
-        "Per-image statistics of the published dataset version (and of a staged one under audit).",
+        + _cols("dataset_hash VARCHAR", since=4)
+        + _cols("image_size BIGINT", since=5),
+        "Per-image statistics, computed once per image and canonical size when its pixels are first written "
+        "(rows of releases before 0.3 carry the dataset_hash of the version they described instead).",
+        indexes=("sha256",),
+    ),
+    Table(
+        T.PIXEL_ROWS,
+        _FEATURES,
+        _cols(
+            "sha256 VARCHAR, image_size BIGINT, row BIGINT, min DOUBLE, max DOUBLE, nan_count BIGINT, "
+            "written_at TIMESTAMP",
+            since=5,
+        ),
+        "Where each image's canonical pixels are in the append-only pixel store of its size, with the "
+        "figures the feature audit checks (written once, as the store never changes a row).",
+        since=5,
+        indexes=("sha256",),
+    ),
+    Table(
+        T.HEAD_MEMBERS,
+        _FEATURES,
+        _cols(
+            "sha256 VARCHAR, image_id VARCHAR, label BIGINT, split VARCHAR, source VARCHAR, batch_id VARCHAR, "
+            "row BIGINT, decision VARCHAR, member_addr BIGINT",
+            since=5,
+        ),
+        "The images of the newest dataset version written (the head), what the next version is computed from "
+        "(row: in the pixel store; member_addr: the Lance row address in the head's members.lance).",
+        since=5,
+        indexes=("sha256",),
+    ),
+    Table(
+        T.DATASET_CHANGES,
+        _FEATURES,
+        _cols(
+            "dataset_hash VARCHAR, parent_hash VARCHAR, sha256 VARCHAR, change VARCHAR, label BIGINT, split VARCHAR, "
+            "previous_label BIGINT, decision VARCHAR",
+            since=5,
+        ),
+        "What each dataset version changed against its parent: images added, removed or relabelled.",
+        since=5,
+        indexes=("dataset_hash",),
+    ),
+    Table(
+        T.DATASET_HEAD,
+        _FEATURES,
+        _cols(
+            "dataset_hash VARCHAR, image_size BIGINT, split_salt VARCHAR, val_share DOUBLE, test_share DOUBLE, "
+            "store VARCHAR, lance_version BIGINT, clean_seq BIGINT, content_sum VARCHAR, updated_at TIMESTAMP",
+            since=5,
+        ),
+        "One row: the newest dataset version written, its settings, its Lance version and the last clean "
+        "change it contains.",
+        since=5,
     ),
     Table(
         T.CURRENT_MODELS,

@@ -121,61 +121,83 @@ class CleanResult:
     lineage: pd.DataFrame
 
 
-def clean(
+CANDIDATE_COLUMNS = [
+    "source",
+    "batch_id",
+    "manifest_file",
+    "manifest_sha256",
+    "row_number",
+    "record_id",
+    "image_sha256",
+    "label",
+    "captured_at",
+    "device_id",
+    "width",
+    "height",
+    "channels",
+    "mode",
+]
+CROSS_BATCH_REASONS = ("conflicting_record_id", "label_conflict")
+"""Reasons that depend on other batches' records: recomputed over the images a new batch touches."""
+
+
+def _utc(value) -> datetime | None:
+    """A naive timestamp column value (UTC) as an aware datetime; None when absent."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)).to_pydatetime()
+
+
+def batch_now(row: dict, now: datetime | None) -> datetime:
+    """The "now" a record's plausibility is judged at: its batch's ingestion time, so the verdict does not
+    depend on when (or in which order) cleaning runs; ``now`` overrides it."""
+    return now or _utc(row.get("ingested_at")) or datetime.now(UTC)
+
+
+def _quarantine_row(row: dict, reason: str, detail: str) -> dict:
+    return {**{k: row.get(k) for k in QUARANTINE_COLUMNS}, "reason": reason, "detail": detail}
+
+
+def validate_images(
     raw: pd.DataFrame,
     contracts: Contracts,
     store: ObjectStore,
     blocked_batches: dict[tuple[str, str], str],
     now: datetime | None = None,
-) -> CleanResult:
-    """Validate, normalize and deduplicate raw rows (all sources together).
-
-    ``raw`` has the raw table columns (source, batch_id, row_number, record_id, image_sha256,
-    image_error, label_raw, captured_raw, ...). ``blocked_batches`` maps (source, batch_id) to the
-    reason the batch is blocked.
-    """
-    now = now or datetime.now(UTC)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-record checks, which need nothing but the record, its batch and its image: ``(candidates,
+    quarantine)``. Each image is read and decoded once per call."""
     project = contracts.project
     quarantine: list[dict] = []
     candidates: list[dict] = []
     decoded: dict[str, object] = {}
-
-    def reject(row: dict, reason: str, detail: str) -> None:
-        quarantine.append(
-            {
-                **{k: row.get(k) for k in QUARANTINE_COLUMNS},
-                "image_sha256": row.get("image_sha256"),
-                "reason": reason,
-                "detail": detail,
-            }
-        )
-
     for row in raw.sort_values(["source", "batch_id", "row_number"]).to_dict("records"):
         key = (row["source"], row["batch_id"])
         if key in blocked_batches:
-            reject(row, "batch_blocked", blocked_batches[key])
+            quarantine.append(_quarantine_row(row, "batch_blocked", blocked_batches[key]))
             continue
         if row.get("row_error"):
-            reject(row, *row_error_reason(row["row_error"]))
+            quarantine.append(_quarantine_row(row, *row_error_reason(row["row_error"])))
             continue
         if not _present(row.get("record_id")):
-            reject(row, "missing_record_id", "record id is empty")
+            quarantine.append(_quarantine_row(row, "missing_record_id", "record id is empty"))
             continue
         if row.get("image_error"):
-            reject(
-                row,
-                row["image_error"],
-                f"image reference {row.get('image_ref')!r}: {REASONS.get(row['image_error'], '')}",
-            )
+            detail = f"image reference {row.get('image_ref')!r}: {REASONS.get(row['image_error'], '')}"
+            quarantine.append(_quarantine_row(row, row["image_error"], detail))
             continue
         contract = contracts[row["source"]]
         label, why = normalize_label(row.get("label_raw"), contract, project.classes)
         if why:
-            reject(row, why, f"label {row.get('label_raw')!r} is not one of the source's labels")
+            detail = f"label {row.get('label_raw')!r} is not one of the source's labels"
+            quarantine.append(_quarantine_row(row, why, detail))
             continue
-        ts, why = check_timestamp(row.get("captured_raw"), contract, project.earliest, project.plausible_until(now))
+        at = batch_now(row, now)
+        ts, why = check_timestamp(row.get("captured_raw"), contract, project.earliest, project.plausible_until(at))
         if why:
-            reject(row, why, _timestamp_detail(row.get("captured_raw"), ts, why, contract, project))
+            detail = _timestamp_detail(row.get("captured_raw"), ts, why, contract, project)
+            quarantine.append(_quarantine_row(row, why, detail))
             continue
         sha = row["image_sha256"]
         if sha not in decoded:
@@ -185,21 +207,34 @@ def clean(
                 decoded[sha] = exc
         info = decoded[sha]
         if isinstance(info, ImageRejected):
-            reject(row, info.reason, info.detail)
+            quarantine.append(_quarantine_row(row, info.reason, info.detail))
             continue
         candidates.append(
             {
-                **row,
+                **{k: row.get(k) for k in CANDIDATE_COLUMNS},
                 "label": label,
-                "captured_at": ts,
+                "captured_at": ts.astimezone(UTC).replace(tzinfo=None),
                 "width": info.width,
                 "height": info.height,
                 "channels": info.channels,
                 "mode": info.mode,
             }
         )
+    return (
+        pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS),
+        pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS),
+    )
 
-    cand = pd.DataFrame(candidates)
+
+def resolve(candidates: pd.DataFrame) -> CleanResult:
+    """The cross-batch rules over candidate records: a record id used for different content or labels
+    quarantines all its records (conflicting_record_id); then an image delivered with different labels
+    quarantines all its copies (label_conflict); then each image's earliest capture (ties: source, batch,
+    row) is kept and the other copies are duplicates. Every rule looks only at records sharing a record id
+    or a sha256, so resolving the records that share them with a batch gives the same rows as resolving
+    everything."""
+    cand = pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS)
+    quarantine: list[dict] = []
     if len(cand):
         # A record id must mean one record within a source: same content and same label.
         variants = (
@@ -209,17 +244,16 @@ def clean(
         )
         conflict = variants > 1
         for row in cand[conflict].to_dict("records"):
-            reject(
-                row,
-                "conflicting_record_id",
-                f"record id {row['record_id']!r} appears in {row['source']} with different image or label",
-            )
+            detail = f"record id {row['record_id']!r} appears in {row['source']} with different image or label"
+            quarantine.append(_quarantine_row(row, "conflicting_record_id", detail))
         cand = cand[~conflict]
         # The same image with different labels cannot be trusted either way.
         n_labels = cand.groupby("image_sha256")["label"].transform("nunique")
-        for row in cand[n_labels > 1].to_dict("records"):
-            others = sorted(set(cand.loc[cand.image_sha256 == row["image_sha256"], "label"]))
-            reject(row, "label_conflict", f"image {row['image_sha256'][:12]} delivered with labels {others}")
+        conflicting = cand[n_labels > 1]
+        labels_of = conflicting.groupby("image_sha256")["label"].agg(lambda s: sorted({int(v) for v in s}))
+        for row in conflicting.to_dict("records"):
+            detail = f"image {row['image_sha256'][:12]} delivered with labels {labels_of[row['image_sha256']]}"
+            quarantine.append(_quarantine_row(row, "label_conflict", detail))
         cand = cand[n_labels <= 1]
 
     if len(cand):
@@ -235,15 +269,35 @@ def clean(
         images["n_copies"] = images["sha256"].map(copies).astype(int)
         images = images[IMAGE_COLUMNS].sort_values("image_id").reset_index(drop=True)
         lineage = cand.assign(sha256=cand["image_sha256"], image_id=cand["image_sha256"].map(kept_id))
-        lineage = lineage[LINEAGE_COLUMNS].reset_index(drop=True)
+        lineage = lineage[LINEAGE_COLUMNS].sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True)
     else:
         images = pd.DataFrame(columns=IMAGE_COLUMNS)
         lineage = pd.DataFrame(columns=LINEAGE_COLUMNS)
     q = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
+    return CleanResult(images=images, quarantine=q, lineage=lineage)
+
+
+def clean(
+    raw: pd.DataFrame,
+    contracts: Contracts,
+    store: ObjectStore,
+    blocked_batches: dict[tuple[str, str], str],
+    now: datetime | None = None,
+) -> CleanResult:
+    """Validate, normalize and deduplicate raw rows of every source together: the full rebuild.
+
+    ``raw`` has the raw table columns (source, batch_id, row_number, record_id, image_sha256,
+    image_error, label_raw, captured_raw, ingested_at, ...). ``blocked_batches`` maps (source, batch_id) to
+    the reason the batch is blocked. Capture times are judged at each batch's ingestion time unless ``now``
+    is given.
+    """
+    candidates, rejected = validate_images(raw, contracts, store, blocked_batches, now)
+    result = resolve(candidates)
+    q = pd.concat([rejected, result.quarantine], ignore_index=True) if len(result.quarantine) else rejected
     return CleanResult(
-        images=images,
+        images=result.images,
         quarantine=q.sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True),
-        lineage=lineage,
+        lineage=result.lineage,
     )
 
 
@@ -265,6 +319,95 @@ REVIEW_REASONS = {
 }
 
 
+REVIEW_ROW_COLUMNS = [
+    "source",
+    "batch_id",
+    "manifest_file",
+    "manifest_sha256",
+    "row_number",
+    "image_sha256",
+    "decision",
+    "new_label",
+    "reviewer",
+    "reason",
+    "decided_at",
+    "reason_if_known",
+    "detail_if_known",
+]
+
+
+def validate_reviews(
+    raw: pd.DataFrame,
+    contracts: Contracts,
+    blocked_batches: dict[tuple[str, str], str],
+    now: datetime | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-record checks of reviewers' decisions: ``(review rows, quarantine)``. A review row names an
+    image and carries the verdict it gets once that image is known (``reason_if_known`` None: accepted),
+    so a decision that arrives before its image is decided when the image arrives."""
+    from dc_pipeline.core.data.contracts import DECISIONS
+
+    project = contracts.project
+    rows, rejected = [], []
+    for row in raw.sort_values(["source", "batch_id", "row_number"]).to_dict("records"):
+        key = (row["source"], row["batch_id"])
+        record = {**row, "record_id": row.get("image_sha256")}
+        if key in blocked_batches:
+            rejected.append(_quarantine_row(record, "batch_blocked", blocked_batches[key]))
+            continue
+        if row.get("row_error"):
+            rejected.append(_quarantine_row(record, *row_error_reason(row["row_error"])))
+            continue
+        if not row.get("image_sha256"):
+            rejected.append(_quarantine_row(record, "missing_image_reference", "the decision names no image"))
+            continue
+        contract = contracts[row["source"]]
+        label, why = normalize_label(row.get("label_raw"), contract, project.classes)
+        at = batch_now(row, now)
+        decided, when = check_timestamp(row.get("decided_raw"), contract, project.earliest, project.plausible_until(at))
+        verdict: tuple[str | None, str | None] = (None, None)
+        if row.get("decision") not in DECISIONS:
+            verdict = ("unknown_decision", f"decision {row.get('decision')!r} not in {DECISIONS}")
+        elif row["decision"] == "relabel" and why:
+            verdict = (why, f"relabel to {row.get('label_raw')!r}: not one of the classes")
+        elif when:
+            verdict = (when, _timestamp_detail(row.get("decided_raw"), decided, when, contract, project))
+        elif not _present(row.get("reviewer")):
+            verdict = ("missing_reviewer", "the reviewer is empty")
+        accepted = verdict[0] is None
+        rows.append(
+            {
+                **{k: row.get(k) for k in ("source", "batch_id", "manifest_file", "manifest_sha256", "row_number")},
+                "image_sha256": row["image_sha256"],
+                "decision": row.get("decision"),
+                "new_label": label if accepted and row["decision"] == "relabel" else None,
+                "reviewer": row.get("reviewer"),
+                "reason": row.get("reason"),
+                "decided_at": decided.astimezone(UTC).replace(tzinfo=None) if accepted else None,
+                "reason_if_known": verdict[0],
+                "detail_if_known": verdict[1],
+            }
+        )
+    review_rows = pd.DataFrame(rows, columns=REVIEW_ROW_COLUMNS).astype({"new_label": "Int64"})
+    return review_rows, pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS)
+
+
+def decide_reviews(review_rows: pd.DataFrame, known_images: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Review rows against the accepted images: ``(accepted decisions, quarantine rows)``."""
+    accepted, rejected = [], []
+    for row in review_rows.to_dict("records"):
+        record = {**row, "record_id": row["image_sha256"]}
+        if row["image_sha256"] not in known_images:
+            detail = f"image {row['image_sha256'][:12]} is not an accepted image"
+            rejected.append(_quarantine_row(record, "unknown_image", detail))
+        elif _present(row.get("reason_if_known")):
+            rejected.append(_quarantine_row(record, row["reason_if_known"], row["detail_if_known"]))
+        else:
+            accepted.append({**{k: row.get(k) for k in DECISION_COLUMNS}, "sha256": row["image_sha256"]})
+    decisions = pd.DataFrame(accepted, columns=DECISION_COLUMNS).astype({"new_label": "Int64"})
+    return decisions, pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS)
+
+
 def clean_reviews(
     raw: pd.DataFrame,
     contracts: Contracts,
@@ -274,61 +417,10 @@ def clean_reviews(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate reviewers' decisions (decision times in the same plausible window as capture times).
     Returns ``(accepted decisions, quarantine rows)``."""
-    from dc_pipeline.core.data.contracts import DECISIONS
-
-    now = now or datetime.now(UTC)
-    project = contracts.project
-    accepted, rejected = [], []
-
-    def reject(row: dict, reason: str, detail: str) -> None:
-        rejected.append(
-            {
-                **{k: row.get(k) for k in QUARANTINE_COLUMNS},
-                "record_id": row.get("image_sha256"),
-                "reason": reason,
-                "detail": detail,
-            }
-        )
-
-    for row in raw.sort_values(["source", "batch_id", "row_number"]).to_dict("records"):
-        contract = contracts[row["source"]]
-        key = (row["source"], row["batch_id"])
-        label, why = normalize_label(row.get("label_raw"), contract, contracts.project.classes)
-        decided, when = check_timestamp(
-            row.get("decided_raw"), contract, project.earliest, project.plausible_until(now)
-        )
-        if key in blocked_batches:
-            reject(row, "batch_blocked", blocked_batches[key])
-        elif row.get("row_error"):
-            reject(row, *row_error_reason(row["row_error"]))
-        elif not row.get("image_sha256"):
-            reject(row, "missing_image_reference", "the decision names no image")
-        elif row["image_sha256"] not in known_images:
-            reject(row, "unknown_image", f"image {row['image_sha256'][:12]} is not an accepted image")
-        elif row.get("decision") not in DECISIONS:
-            reject(row, "unknown_decision", f"decision {row.get('decision')!r} not in {DECISIONS}")
-        elif row["decision"] == "relabel" and why:
-            reject(row, why, f"relabel to {row.get('label_raw')!r}: not one of the classes")
-        elif when:
-            reject(row, when, _timestamp_detail(row.get("decided_raw"), decided, when, contract, project))
-        elif not _present(row.get("reviewer")):
-            reject(row, "missing_reviewer", "the reviewer is empty")
-        else:
-            accepted.append(
-                {
-                    "sha256": row["image_sha256"],
-                    "decision": row["decision"],
-                    "new_label": label if row["decision"] == "relabel" else None,
-                    "reviewer": row["reviewer"],
-                    "reason": row.get("reason"),
-                    "decided_at": decided.replace(tzinfo=None),
-                    "source": row["source"],
-                    "batch_id": row["batch_id"],
-                    "row_number": row["row_number"],
-                }
-            )
-    decisions = pd.DataFrame(accepted, columns=DECISION_COLUMNS).astype({"new_label": "Int64"})
-    return decisions, pd.DataFrame(rejected, columns=QUARANTINE_COLUMNS)
+    review_rows, rejected = validate_reviews(raw, contracts, blocked_batches, now)
+    decisions, undecided = decide_reviews(review_rows, known_images)
+    quarantine = pd.concat([rejected, undecided], ignore_index=True)
+    return decisions, quarantine.sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True)
 
 
 REASONS.update(REVIEW_REASONS)

@@ -4,6 +4,7 @@ from datetime import UTC
 
 import pandas as pd
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -14,8 +15,8 @@ from dagster import (
     multi_asset,
 )
 
-from dc_pipeline.catalog import CLEAN, DECISIONS, DUCKDB_POOL, IMAGES, LINEAGE, QUARANTINE, T, raw_key, raw_table
-from dc_pipeline.defs.metadata import counts_markdown, table_metadata
+from dc_pipeline.catalog import CLEAN, DECISIONS, DUCKDB_POOL, IMAGES, LINEAGE, QUARANTINE, T, raw_key
+from dc_pipeline.defs.metadata import counts_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 BATCH_GATE = T.BATCH_GATE
@@ -23,41 +24,27 @@ BATCH_GATE = T.BATCH_GATE
 CLASS_BALANCE_BOUNDS = (0.5, 2.0)
 
 
-def load_raw(conn, sources: list[str]) -> pd.DataFrame:
-    from dc_pipeline.warehouse.io import table_exists
+def clean_figures(conn) -> dict:
+    """Table-wide figures for the UI, as SQL aggregates (no rows read into memory)."""
 
-    frames = [conn.execute(f"SELECT * FROM {raw_table(s)}").df() for s in sources if table_exists(conn, f"raw.{s}")]
-    return (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "batch_id", "row_number"])
-    )
+    def grouped(sql: str) -> pd.Series:
+        rows = conn.execute(sql).fetchall()
+        return pd.Series({k: int(v) for k, v in rows}, dtype="int64")
 
+    def count(table: str, where: str = "TRUE") -> int:
+        return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchall()[0][0])
 
-def blocked_batches(conn, batches) -> dict[tuple[str, str], str]:
-    """Of ``batches`` ((source, batch_id) pairs), those without a recorded pass of every blocking batch
-    check, with the reason. Fail closed: a check that failed, raised or never ran keeps its batch out."""
-    from dc_pipeline.core.data.ingestion import BLOCKING_BATCH_CHECKS
-    from dc_pipeline.warehouse.io import table_exists
-
-    verdicts: dict[tuple[str, str, str], tuple[bool, str]] = {}
-    if table_exists(conn, BATCH_GATE):
-        gate = conn.execute(f"SELECT source, batch_id, check_name, passed, detail FROM {BATCH_GATE}").fetchall()
-        verdicts = {(s, b, c): (bool(p), d or "") for s, b, c, p, d in gate}
-    out: dict[tuple[str, str], str] = {}
-    for key in sorted(set(batches)):
-        reasons = []
-        for check in BLOCKING_BATCH_CHECKS:
-            verdict = verdicts.get((*key, check))
-            if verdict is None:
-                reasons.append(f"{check}: check did not complete")
-            elif not verdict[0]:
-                reasons.append(f"{check} failed: {verdict[1]}")
-        if reasons:
-            out[key] = "; ".join(reasons)
-    return out
-
-
-def _batches(*frames: pd.DataFrame) -> set[tuple[str, str]]:
-    return {(s, b) for f in frames if len(f) for s, b in zip(f["source"], f["batch_id"])}
+    return {
+        "images": count(T.CLEAN_IMAGES),
+        "quarantine": count(T.QUARANTINE),
+        "decisions": count(T.REVIEW_DECISIONS),
+        "lineage": count(T.LINEAGE),
+        "duplicates": count(T.LINEAGE, "role = 'duplicate'"),
+        "per_label": grouped(f"SELECT label, count(*) FROM {T.CLEAN_IMAGES} GROUP BY 1 ORDER BY 1"),
+        "per_source": grouped(f"SELECT source, count(*) FROM {T.CLEAN_IMAGES} GROUP BY 1 ORDER BY 2 DESC"),
+        "per_reason": grouped(f"SELECT reason, count(*) FROM {T.QUARANTINE} GROUP BY 1 ORDER BY 2 DESC"),
+        "per_decision": grouped(f"SELECT decision, count(*) FROM {T.REVIEW_DECISIONS} GROUP BY 1 ORDER BY 2 DESC"),
+    }
 
 
 def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
@@ -109,61 +96,56 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         pool=DUCKDB_POOL,
     )
     def clean_tables(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
-        from dc_pipeline.core.data.cleaning import DECISION_COLUMNS, clean, clean_reviews
-        from dc_pipeline.warehouse.io import replace_table
+        from dc_pipeline.core.data.incremental_cleaning import clean_pending
 
-        contracts = lake.contracts()
-        with warehouse.get_connection() as conn:
-            raw = load_raw(conn, sources)
-            reviews = load_raw(conn, review_sources) if review_sources else pd.DataFrame()
-            blocked = blocked_batches(conn, _batches(raw, reviews))
-        result = clean(raw, contracts, lake.object_store(), blocked)
-        images = result.images.copy()
-        images["captured_at"] = pd.to_datetime(images["captured_at"], utc=True).dt.tz_localize(None)
-        if len(reviews) and "image_sha256" in reviews:
-            decisions, rejected = clean_reviews(reviews, contracts, set(images["sha256"]), blocked)
-        else:
-            decisions, rejected = pd.DataFrame(columns=DECISION_COLUMNS), result.quarantine.iloc[:0]
-        quarantine = pd.concat([result.quarantine, rejected], ignore_index=True)
-        with warehouse.get_connection() as conn:
-            replace_table(conn, "clean.images", images)
-            replace_table(conn, "clean.quarantine", quarantine)
-            replace_table(conn, "clean.lineage", result.lineage)
-            replace_table(
-                conn,
-                "clean.review_decisions",
-                decisions.astype({"decision": "string", "reviewer": "string", "reason": "string"}),
-            )
-        for (source, batch), why in blocked.items():
+        run = clean_pending(
+            warehouse.get_connection,
+            lake.contracts(),
+            lake.object_store(),
+            sources,
+            list(review_sources),
+            context.run_id,
+            log=context.log.info,
+        )
+        for (source, batch), why in sorted(run.blocked.items()):
             context.log.warning(f"{source}/{batch} kept out of clean data: {why}")
+        with warehouse.get_connection() as conn:
+            figures = clean_figures(conn)
+        cleaned = ", ".join(f"{s}/{b}" for s, b in run.cleaned) or "none (nothing new)"
+        this_run = {
+            "batches_cleaned": MetadataValue.text(cleaned),
+            "batches_touched": len(run.touched),
+            "raw_records_read": run.raw_rows,
+            "images_recomputed": len(run.changed_images),
+        }
         yield MaterializeResult(
             asset_key=IMAGES,
             metadata={
-                **table_metadata(images),
-                "per_label": counts_markdown(images["label"].value_counts().sort_index(), "label"),
-                "per_source": counts_markdown(images["source"].value_counts(), "source"),
+                "dagster/row_count": figures["images"],
+                **this_run,
+                "per_label": counts_markdown(figures["per_label"], "label"),
+                "per_source": counts_markdown(figures["per_source"], "source"),
             },
         )
         yield MaterializeResult(
             asset_key=QUARANTINE,
             metadata={
-                **table_metadata(quarantine),
-                "per_reason": counts_markdown(quarantine["reason"].value_counts(), "reason"),
+                "dagster/row_count": figures["quarantine"],
+                **this_run,
+                "per_reason": counts_markdown(figures["per_reason"], "reason"),
             },
         )
         yield MaterializeResult(
             asset_key=DECISIONS,
             metadata={
-                **table_metadata(decisions),
-                "per_decision": counts_markdown(decisions["decision"].value_counts(), "decision"),
+                "dagster/row_count": figures["decisions"],
+                **this_run,
+                "per_decision": counts_markdown(figures["per_decision"], "decision"),
             },
         )
         yield MaterializeResult(
             asset_key=LINEAGE,
-            metadata={
-                **table_metadata(result.lineage),
-                "duplicates": int((result.lineage["role"] == "duplicate").sum()),
-            },
+            metadata={"dagster/row_count": figures["lineage"], **this_run, "duplicates": figures["duplicates"]},
         )
 
     @asset_check(
@@ -173,60 +155,32 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         additional_deps=[QUARANTINE, LINEAGE, DECISIONS],
         pool=DUCKDB_POOL,
         description=(
-            "Blocking. For every batch (images and reviews): records in the manifest = raw rows = accepted + "
-            "duplicates + quarantined; a batch refused as a whole has no raw rows and is listed as refused. "
-            "A record that vanished without a row saying why would make every later figure a lie."
+            "Blocking. For every batch the run cleaned or changed (every batch when the check runs on its own), "
+            "images and reviews: records in the manifest = raw rows = accepted + duplicates + quarantined; a "
+            "batch refused as a whole has no raw rows and is listed as refused. Across all batches, from table "
+            "counts: every raw record is accepted, a duplicate or quarantined exactly once. A record that "
+            "vanished without a row saying why would make every later figure a lie."
         ),
     )
-    def accounting(warehouse: Warehouse) -> AssetCheckResult:
-        from dc_pipeline.warehouse.io import table_exists
+    def accounting(context: AssetCheckExecutionContext, warehouse: Warehouse) -> AssetCheckResult:
+        from dc_pipeline.core.data.incremental_cleaning import batch_accounting, global_balance, touched_in_run
 
         with warehouse.get_connection() as conn:
-            history = (
-                conn.execute(
-                    "SELECT source, batch_id, arg_max(record_count, observed_at) AS manifest_records, "
-                    "arg_max(status, observed_at) AS status FROM raw.schema_history GROUP BY source, batch_id"
-                ).df()
-                if table_exists(conn, "raw.schema_history")
-                else pd.DataFrame(columns=["source", "batch_id", "manifest_records", "status"])
-            )
-            raw = conn.execute(
-                " UNION ALL ".join(
-                    f"SELECT source, batch_id, count(*) AS raw_rows FROM raw.{s} GROUP BY ALL"
-                    for s in all_sources
-                    if table_exists(conn, f"raw.{s}")
-                )
-                or "SELECT NULL AS source, NULL AS batch_id, 0 AS raw_rows LIMIT 0"
-            ).df()
-            lineage = conn.execute(
-                "SELECT source, batch_id, sum(accepted) AS accepted, sum(duplicates) AS duplicates FROM ("
-                "SELECT source, batch_id, count(*) FILTER (role = 'kept') AS accepted, "
-                "count(*) FILTER (role = 'duplicate') AS duplicates FROM clean.lineage GROUP BY ALL "
-                "UNION ALL SELECT source, batch_id, count(*), 0 FROM clean.review_decisions GROUP BY ALL) "
-                "GROUP BY ALL"
-            ).df()
-            quarantined = conn.execute(
-                "SELECT source, batch_id, count(*) AS quarantined FROM clean.quarantine GROUP BY ALL"
-            ).df()
-        table = history.merge(raw, how="outer").merge(lineage, how="outer").merge(quarantined, how="outer")
-        # A refused batch has no raw rows: its records (counted when they could be) are refused with it.
-        table["refused"] = (table["status"] == "refused").fillna(False).astype(bool)
-        table["status"] = table["status"].fillna("unknown")
-        for col in ("manifest_records", "raw_rows", "accepted", "duplicates", "quarantined"):
-            table[col] = table[col].fillna(0).astype(int)
-        taken = table["accepted"] + table["duplicates"] + table["quarantined"]
-        table["balanced"] = (table["refused"] & (table["raw_rows"] == 0) & (taken == 0)) | (
-            ~table["refused"] & (table["manifest_records"] == table["raw_rows"]) & (table["manifest_records"] == taken)
-        )
+            touched = touched_in_run(conn, context.run.run_id)
+            # In a run that cleaned: the batches it may have changed. On its own: every batch (an audit).
+            table = batch_accounting(conn, all_sources, touched or None)
+            totals = global_balance(conn, all_sources)
         bad = table[~table["balanced"]]
         return AssetCheckResult(
-            passed=bad.empty,
+            passed=bad.empty and totals["difference"] == 0,
             severity=AssetCheckSeverity.ERROR,
             metadata={
+                "scope": "batches this run cleaned or changed" if touched else "every batch",
                 "batches": int(len(table)),
                 "unbalanced_batches": int(len(bad)),
                 "refused_batches": int(table["refused"].sum()),
                 "manifest_records": int(table["manifest_records"].sum()),
+                **{f"all_batches.{k}": v for k, v in totals.items()},
                 "per_batch": MetadataValue.md(table.to_markdown(index=False)),
             },
         )
@@ -237,21 +191,37 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         blocking=True,
         pool=DUCKDB_POOL,
         description=(
-            "Blocking. Great Expectations, strict (no tolerance): the canonical columns and their types, "
-            "image ids and sha256 present and unique, "
+            "Blocking. Great Expectations, strict (no tolerance), on the rows the run wrote (every row when "
+            "the check runs on its own): the canonical columns and their types, image ids and sha256 present "
+            "and unique (in the table, through the index), "
             "labels in the project's classes, width, height and channels within the image bounds, capture "
             "times plausible. Cleaning must have removed every violation; one left means a cleaning bug."
         ),
     )
-    def clean_expectations(lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
+    def clean_expectations(
+        context: AssetCheckExecutionContext, lake: DataLake, warehouse: Warehouse
+    ) -> AssetCheckResult:
         from datetime import datetime
 
         from dc_pipeline.core.data.expectations import Expectation as E
         from dc_pipeline.core.data.expectations import validate
+        from dc_pipeline.core.data.incremental_cleaning import changed_images_in_run, select_in, touched_in_run
 
         project = lake.contracts().project
         with warehouse.get_connection() as conn:
-            images = conn.execute("SELECT * FROM clean.images").df()
+            in_run = bool(touched_in_run(conn, context.run.run_id))
+            # In a run that cleaned: the rows it wrote; their ids and sha256s are unique across the table
+            # when no other row has them (an index lookup). On its own: every row.
+            images = (
+                changed_images_in_run(conn, context.run.run_id)
+                if in_run
+                else conn.execute(f"SELECT * FROM {T.CLEAN_IMAGES}").df()
+            )
+            clashes = 0
+            if in_run:
+                for column in ("sha256", "image_id"):
+                    same = select_in(conn, f"SELECT {column} FROM {T.CLEAN_IMAGES} WHERE TRUE", column, images[column])
+                    clashes += int(len(same) - same[column].nunique())
         now = datetime.now(UTC).replace(tzinfo=None)
         from dc_pipeline.core.data.cleaning import IMAGE_COLUMNS
 
@@ -297,9 +267,15 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
             name="clean_images",
         )
         return AssetCheckResult(
-            passed=summary.success,
+            passed=summary.success and clashes == 0,
             severity=AssetCheckSeverity.ERROR,
-            metadata={**summary.metadata(), "report": MetadataValue.md(summary.markdown())},
+            metadata={
+                "scope": "rows this run wrote" if in_run else "every row",
+                "rows_validated": int(len(images)),
+                "ids_also_on_other_rows": clashes,
+                **summary.metadata(),
+                "report": MetadataValue.md(summary.markdown()),
+            },
         )
 
     @asset_check(
@@ -319,8 +295,9 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
 
         classes = list(lake.contracts().project.classes)
         with warehouse.get_connection() as conn:
-            labels = conn.execute("SELECT label FROM clean.images").df()["label"]
-        shares = labels.value_counts(normalize=True).reindex(classes, fill_value=0.0)
+            counts = clean_figures(conn)["per_label"]
+        total = max(int(counts.sum()), 1)
+        shares = (counts / total).reindex(classes, fill_value=0.0)
         frame = pd.DataFrame({"label": classes, "share": shares.to_numpy()})
         uniform = 1.0 / len(classes)
         summary = validate(

@@ -66,10 +66,12 @@ def load_split(
     wait_seconds: float = READ_WAIT_SECONDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Canonical images ``[N, S, S]`` (float32 in [0, 1]) and class ids of split ``name`` of the published
-    dataset version (the last one that passed its checks), or of ``dataset_hash``.
+    dataset version (the last one that passed its checks), or of ``dataset_hash`` (any version still stored,
+    of this release's Lance stores or an npy folder of an earlier one), ordered by image sha256.
 
-    Raises ``WarehouseBusy`` (naming the run) if a run's step still writes the warehouse after ``wait_seconds``."""
-    from dc_pipeline.core.data.features import DatasetVersion
+    Raises ``FileNotFoundError`` when no store holds ``dataset_hash``, and ``WarehouseBusy`` (naming the run)
+    if a run's step still writes the warehouse after ``wait_seconds``."""
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.warehouse.connect import read_warehouse
     from dc_pipeline.warehouse.queries import published_dataset_hash
 
@@ -82,7 +84,4 @@ def load_split(
                 "no published dataset version: materialize features/dataset_version (a version is published "
                 "once its blocking check passes)"
             )
-    version = DatasetVersion(data / "datasets", dataset_hash)
-    if not version.exists():
-        raise FileNotFoundError(f"dataset version {dataset_hash} has no shards under {version.folder}")
-    return version.split(name)
+    return open_version(data / "datasets", dataset_hash).split(name)

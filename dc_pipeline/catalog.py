@@ -66,6 +66,7 @@ SLICE_ANALYSIS = AssetKey([CURATION, "slice_analysis"])
 RETRAIN_JOB = "retrain"
 REFRESH_JOB = "refresh_downstream"
 SWEEP_JOB = "monitoring_sweep"
+PRUNE_JOB = "prune_dataset_versions"
 DATA_GROUPS = (CLEAN, FEATURES)
 MODEL_GROUPS = (AUGMENTATION, TRAINING, EVALUATION, REGISTRY)
 
@@ -80,6 +81,7 @@ RETRAINING_TRIGGER = "retraining_trigger"
 FAILURE_ALERTS = "run_failure_alerts"
 NIGHTLY_SWEEP = "nightly_monitoring_sweep"
 WEEKLY_RETRAIN = "weekly_full_retrain"
+WEEKLY_PRUNE = "weekly_retention"
 
 
 # -- warehouse tables (schema.table); each is declared, with its owner, in dc_pipeline.warehouse.tables ----

@@ -68,28 +68,15 @@ def _arm_clean(c: _Countdown) -> None:
 
 
 def _arm_version_write(c: _Countdown) -> None:
-    """Mid-way through writing a dataset version's shards."""
-    import numpy as np
+    """Mid-way through writing a dataset version to its Lance store: each write counts (pixels appended,
+    members written, the version tagged); the 3rd is the tag, after which only the warehouse transaction
+    is left."""
+    import lance
 
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import DatasetStore
 
-    original_write = DatasetVersion.write
-
-    def write(self, *args, **kwargs):
-        save = np.save
-
-        def dying_save(*a, **k):
-            save(*a, **k)
-            if c.hit():
-                _die()
-
-        np.save = dying_save
-        try:
-            return original_write(self, *args, **kwargs)
-        finally:
-            np.save = save
-
-    DatasetVersion.write = write
+    _wrap(lance, "write_dataset", c)
+    _wrap(DatasetStore, "tag", c)
 
 
 def _arm_version_staged(c: _Countdown) -> None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import lance
 import numpy as np
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.test_utils import freeze_time
@@ -29,6 +30,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 
 from dc_pipeline.catalog import DUCKDB_POOL
+from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.demo.batches import write_demo_batch
 
 REPO = Path(__file__).parents[1]
@@ -81,7 +83,7 @@ def assert_consistent(data: Path) -> None:
     row without its weights, no alias without the history row of its move, the published version on disk."""
     datasets = data / "datasets"
     for folder in datasets.iterdir() if datasets.is_dir() else []:
-        if not folder.name.startswith("."):
+        if not folder.name.startswith((".", "lance-")):
             shards = {f"{s}.{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")}
             assert shards | {"index.parquet"} <= {p.name for p in folder.iterdir()}, folder
     if not (data / "warehouse.duckdb").exists():
@@ -96,13 +98,39 @@ def assert_consistent(data: Path) -> None:
                 "SELECT to_version FROM registry.alias_history WHERE alias = ? ORDER BY moved_at DESC LIMIT 1", [alias]
             ).fetchall()
             assert last == [(version_id,)], alias
-        published = conn.execute("SELECT path FROM features.dataset_versions WHERE is_current").fetchall()
-        assert all((data / p / "index.parquet").is_file() for (p,) in published)
+        published = conn.execute("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").fetchall()
+        for (h,) in published:
+            assert open_version(datasets, h).exists(), h  # by hash: its npy folder or its Lance tag
+        head = conn.execute("SELECT store, lance_version, dataset_hash FROM features.head").fetchall()
+        for store, lance_version, h in head:  # the head's members version is there, and names its content
+            assert {h} <= set(lance.dataset(str(data / store / "members.lance")).tags.list())
+            lance.dataset(str(data / store / "members.lance"), version=int(lance_version)).count_rows()
+
+
+PHYSICAL = ("lance_version", "member_addr")
+"""Where a row sits in a Lance store's history: a run that died and was recovered leaves more versions."""
+
+
+def lance_content(store: Path) -> dict:
+    """A Lance store by content: each tag's members in sha256 order with the pixels their rows point to (the
+    rows themselves are compared in features.pixel_rows)."""
+    import pyarrow as pa
+
+    out = {}
+    pixels = lance.dataset(str(store / "pixels.lance"))
+    for tag in sorted(lance.dataset(str(store / "members.lance")).tags.list()):
+        members = lance.dataset(str(store / "members.lance"), version=tag).to_table().sort_by("sha256")
+        taken = pixels.take(pa.array(members.column("row").to_numpy()), columns=["sha256", "pixels"])
+        assert taken.column("sha256").to_pylist() == members.column("sha256").to_pylist(), tag
+        out[tag] = hashlib.sha256(
+            repr(members.to_pylist()).encode() + taken.column("pixels").combine_chunks().flatten().to_numpy().tobytes()
+        ).hexdigest()
+    return out
 
 
 def snapshot(data: Path) -> dict:
-    """Every warehouse table without its timestamps and run ids, and every file but the landing zone's,
-    by content (arrays by value)."""
+    """Every warehouse table without its timestamps, run ids and Lance positions, every Lance store by
+    content, and every other file but the landing zone's, by content (arrays by value)."""
     out = {}
     with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as conn:
         tables = conn.execute(
@@ -114,12 +142,18 @@ def snapshot(data: Path) -> dict:
                 "AND table_name = ? ORDER BY ordinal_position",
                 [schema, name],
             ).fetchall()
-            kept = [f'"{c}"' for c, t in columns if not t.startswith("TIMESTAMP") and "run_id" not in c]
+            kept = [
+                f'"{c}"'
+                for c, t in columns
+                if not t.startswith("TIMESTAMP") and "run_id" not in c and c not in PHYSICAL
+            ]
             rows = conn.execute(f'SELECT {", ".join(kept)} FROM "{schema}"."{name}"').fetchall()
             out[f"{schema}.{name}"] = sorted(repr(r) for r in rows)
+    for store in sorted((data / "datasets").glob("lance-*")):
+        out[store.relative_to(data).as_posix()] = lance_content(store)
     for path in sorted(data.rglob("*")):
         rel = path.relative_to(data).as_posix()
-        if path.is_dir() or rel.startswith("landing/") or rel.startswith("warehouse.duckdb"):
+        if path.is_dir() or rel.startswith(("landing/", "warehouse.duckdb")) or ".lance/" in rel:
             continue
         if path.suffix == ".npz":  # zip members carry their write time: compare the arrays
             with np.load(path) as arrays:

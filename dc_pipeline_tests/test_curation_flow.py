@@ -5,6 +5,7 @@ import pytest
 from dagster import AssetKey
 
 from dc_pipeline.core.data.cleaning import latest_decisions
+from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.ops.review import simulate_review
 
 from .conftest import make_pipeline
@@ -16,6 +17,11 @@ def looped(tmp_path_factory):
     p.ingest_all()
     assert p.refresh().success
     return p
+
+
+def current_index(p):
+    current = p.sql("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").dataset_hash.item()
+    return open_version(p.data / "datasets", current).index()
 
 
 def deliver(p, batch_id, rows, extra_columns=None):
@@ -55,11 +61,16 @@ def test_reviews_become_a_curated_dataset_version_with_lineage(looped):
     assert len(decisions) == sum(counts.values())
     current = looped.sql("SELECT * FROM features.dataset_versions WHERE is_current").iloc[0]
     assert current.dataset_hash != before and current.relabelled == counts["relabel"]
-    lineage = looped.sql("SELECT * FROM features.curation_lineage")
-    relabelled = lineage[lineage.decision == "relabel"]
-    index = looped.sql("SELECT sha256, label FROM features.dataset_index").set_index("sha256")["label"]
+    applied = latest_decisions(decisions)
+    relabelled = applied[applied.decision == "relabel"]
+    index = current_index(looped).set_index("sha256")["label"]
     assert (index[relabelled.sha256].to_numpy() == relabelled.new_label.to_numpy()).all()
-    assert set(relabelled.review_batch) == {"review-0001"}
+    assert set(relabelled.batch_id) == {"review-0001"}
+    assert not set(applied.loc[applied.decision == "exclude", "sha256"]) & set(index.index)
+    # The version records what the review changed against its parent.
+    changes = looped.sql("SELECT * FROM features.dataset_changes WHERE dataset_hash = ?", [current.dataset_hash])
+    assert set(changes.loc[changes.change == "relabelled", "sha256"]) <= set(relabelled.sha256)
+    assert set(changes.loc[changes.change == "removed", "decision"]) <= {"exclude"}
     # decisions never edit raw rows
     pd.testing.assert_frame_equal(raw_before, looped.sql("SELECT * FROM raw.field_app ORDER BY batch_id, row_number"))
     # the found flips no longer show up as issues once relabelled
@@ -98,9 +109,10 @@ def test_latest_decision_wins_and_bad_decisions_are_quarantined(looped):
     assert looped.refresh_data().success
     q = looped.sql("SELECT batch_id, reason FROM clean.quarantine WHERE source = 'reviews'")
     assert sorted(q[q.batch_id == "review-early"].reason) == ["unknown_decision", "unknown_image", "unknown_label"]
-    lineage = looped.sql("SELECT * FROM features.curation_lineage WHERE sha256 = ?", [sha])
-    assert lineage.decision.item() == "relabel" and lineage.new_label.item() == 3, "delivered later, decided earlier"
-    assert looped.sql("SELECT label FROM features.dataset_index WHERE sha256 = ?", [sha]).label.item() == 3
+    decision = latest_decisions(looped.sql("SELECT * FROM clean.review_decisions WHERE sha256 = ?", [sha]))
+    assert decision.decision.item() == "relabel" and decision.new_label.item() == 3, "delivered later, decided earlier"
+    index = current_index(looped)
+    assert index.loc[index.sha256 == sha, "label"].item() == 3
     evaluation = looped.refresh_data()
     assert all(e.passed for e in evaluation.get_asset_check_evaluations() if e.check_name == "accounting")
 

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dc_pipeline.core.data.features import DatasetVersion, dataset_hash, image_statistics, split_of
+from dc_pipeline.core.data.dataset_store import content_sum, open_version, version_hash
+from dc_pipeline.core.data.features import dataset_hash, image_statistics, split_of
+from dc_pipeline.warehouse.connect import connect
 
 
 def test_split_is_a_function_of_content_and_salt():
@@ -39,16 +41,17 @@ def test_image_statistics_on_constructed_images():
 def test_demo_dataset_version(demo):
     versions = demo.sql("SELECT * FROM features.dataset_versions")
     current = versions[versions.is_current].iloc[0]
-    index = demo.sql("SELECT * FROM features.dataset_index")
+    version = open_version(demo.data / "datasets", current["dataset_hash"])
+    index = version.index()
     images = demo.sql("SELECT sha256, label FROM clean.images")
-    assert len(index) == len(images) == current["n_images"]
-    assert current["dataset_hash"] == dataset_hash(list(index.sha256), list(index.label), list(index.split))
-    version = DatasetVersion(demo.data / "datasets", current["dataset_hash"])
+    assert len(index) == len(images) == current["n_images"] and current["format"] == "lance"
+    assert current["dataset_hash"] == version_hash(28, content_sum(index.sha256, index.label, index.split))
+    assert int(current["content_sum"], 16) == content_sum(index.sha256, index.label, index.split)
     x, y = version.split("train")
     assert x.shape[1:] == (28, 28) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert len(x) == current["n_train"] == (index.split == "train").sum()
     train = index[index.split == "train"].sort_values("position")
-    assert (y == train["label"].to_numpy()).all()
+    assert (y == train["label"].to_numpy()).all() and train.sha256.is_monotonic_increasing
     assert set(json.loads(current["upstream_batches"])) == {
         "field_app/batch-0001",
         "field_app/batch-0002",
@@ -56,19 +59,30 @@ def test_demo_dataset_version(demo):
         "partner_api/batch-0002",
         "legacy_erp/batch-0001",
     }
+    # Statistics are written once per image and size, when its pixels are stored.
     stats = demo.sql("SELECT * FROM features.image_stats")
-    assert len(stats) == len(images) and stats["mean_intensity"].between(0, 1).all()
+    assert set(images.sha256) <= set(stats.sha256) and not stats.duplicated(["sha256", "image_size"]).any()
+    assert stats["mean_intensity"].between(0, 1).all() and stats.dataset_hash.isna().all()
+    # Each ingest job's features run took in only its batch: one version per batch, each on its parent.
+    chain = versions.sort_values("created_at")
+    assert chain.parent_hash.iloc[1:].tolist() == chain.dataset_hash.iloc[:-1].tolist()
+    assert chain.parent_hash.isna().sum() == 1, "only the first version was built whole"
+
+
+def current_index(p):
+    current = p.sql("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").dataset_hash.item()
+    return open_version(p.data / "datasets", current).index()
 
 
 def test_splits_survive_growth_and_the_check_catches_a_broken_version(pipeline):
     pipeline.ingest("field_app", "batch-0001")
     pipeline.ingest("field_app", "batch-0002")
     assert pipeline.refresh_data().success
-    first = pipeline.sql("SELECT sha256, split FROM features.dataset_index")
+    first = current_index(pipeline)[["sha256", "split"]]
     pipeline.ingest_all()
     result = pipeline.refresh_data()
     assert result.success
-    grown = pipeline.sql("SELECT sha256, split FROM features.dataset_index")
+    grown = current_index(pipeline)[["sha256", "split"]]
     assert len(grown) > len(first)
     merged = first.merge(grown, on="sha256", suffixes=("_before", "_after"))
     assert (merged.split_before == merged.split_after).all()
@@ -78,16 +92,24 @@ def test_splits_survive_growth_and_the_check_catches_a_broken_version(pipeline):
     assert gone and gone <= set(conflicts.image_sha256)
     versions = pipeline.sql("SELECT dataset_hash, is_current FROM features.dataset_versions")
     assert len(versions) == 2 and versions.is_current.sum() == 1
-    # Corrupt the current version's shard: the blocking check must fail.
+    # Break the pixel figures of two images the current version added: the blocking check must fail.
     current = versions[versions.is_current].dataset_hash.item()
-    path = pipeline.data / "datasets" / current / "val.images.npy"
-    x = np.load(path)
-    x[0, 0, 0] = np.nan
-    x[1, 0, 0] = 3.0
-    np.save(path, x)
-    rerun = pipeline.refresh_data()  # same data, same version hash: the shards are not rewritten
+    added = pipeline.sql(
+        "SELECT sha256 FROM features.dataset_changes WHERE dataset_hash = ? AND change = 'added' ORDER BY sha256",
+        [current],
+    ).sha256.tolist()
+    with connect(pipeline.data / "warehouse.duckdb", pipeline.data) as conn:
+        conn.execute("UPDATE features.pixel_rows SET nan_count = 1 WHERE sha256 = ?", [added[0]])
+        conn.execute("UPDATE features.pixel_rows SET max = 3.0 WHERE sha256 = ?", [added[1]])
+    rerun = pipeline.refresh_data()  # nothing changed: the same version is audited again
     assert not rerun.success
     evaluation = next(e for e in rerun.get_asset_check_evaluations() if e.check_name == "feature_expectations")
     assert not evaluation.passed
     assert evaluation.metadata["pixels.column_values_to_be_in_set[nan_count]"].value["unexpected_count"] == 1
     assert evaluation.metadata["pixels.column_values_to_be_between[max]"].value["unexpected_count"] == 1
+    audited = pipeline.sql(
+        "SELECT count(*) AS n FROM features.dataset_changes WHERE dataset_hash = ? AND change IN ('added', 'relabelled')",
+        [current],
+    ).n.item()
+    checked = evaluation.metadata["pixels.column_values_to_be_between[min]"].value["element_count"]
+    assert checked == audited < len(grown), "the images this version added or relabelled were checked, no others"

@@ -193,12 +193,16 @@ def test_cleaning_again_changes_nothing_and_a_redelivery_only_its_batch(delivere
     after = snapshot(connect)
     assert p.shas["conflicting"] in set(after[T.CLEAN_IMAGES]["sha256"])
     closure = run.changed_images
+
+    def untouched(df: pd.DataFrame, column: str, key: list[str]) -> pd.DataFrame:
+        rows = df[(df["batch_id"] != "batch-9001") & ~df[column].isin(closure)]
+        return rows.sort_values(key).reset_index(drop=True)
+
     for table, key in TABLES.items():
         column = "image_sha256" if table == T.QUARANTINE else "sha256"
-        untouched = lambda df: (  # noqa: E731
-            df[(df["batch_id"] != "batch-9001") & ~df[column].isin(closure)].sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(
+            untouched(after[table], column, key), untouched(before[table], column, key), check_dtype=False
         )
-        pd.testing.assert_frame_equal(untouched(after[table]), untouched(before[table]), check_dtype=False)
     full = _copy(p, tmp_path, "full-after")
     _clean(p, full, "repair", repair=True)
     assert_same(after, snapshot(full))

@@ -8,8 +8,9 @@ import pandas as pd
 
 from dc_pipeline.api import load_split
 from dc_pipeline.catalog import DATASET_VERSION, DECISIONS, IMAGE_STATS, IMAGES, LINEAGE, QUARANTINE, T
+from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.warehouse.connect import connect
-from dc_pipeline.warehouse.queries import current_dataset_version, published_rows
+from dc_pipeline.warehouse.queries import current_dataset_version
 from dc_pipeline_tests.test_migrations import release_0_1_warehouse
 
 DATA_ASSETS = [IMAGES, QUARANTINE, LINEAGE, DECISIONS, DATASET_VERSION, IMAGE_STATS]
@@ -22,8 +23,8 @@ def test_a_version_that_fails_its_audit_is_never_published(pipeline):
     published = pipeline.sql("SELECT * FROM features.dataset_versions WHERE is_current")
     assert published.status.tolist() == ["published"] and json.loads(published.audit.item())["passed"]
     x_before, y_before = load_split("val", data_dir=pipeline.data)
-    with connect(pipeline.data / "warehouse.duckdb", pipeline.data) as conn:
-        index_before, stats_before = published_rows(conn, T.DATASET_INDEX), published_rows(conn, T.IMAGE_STATS)
+    index_before = open_version(pipeline.data / "datasets", published.dataset_hash.item()).index()
+    stats_before = pipeline.sql("SELECT * FROM features.image_stats ORDER BY sha256, image_size")
 
     # A validation share so small that classes are missing from the validation split: a new version,
     # written and staged, then refused by its audit.
@@ -45,12 +46,23 @@ def test_a_version_that_fails_its_audit_is_never_published(pipeline):
     assert np.array_equal(x_after, x_before) and np.array_equal(y_after, y_before)
     with connect(pipeline.data / "warehouse.duckdb", pipeline.data) as conn:
         assert current_dataset_version(conn)["dataset_hash"] == published.dataset_hash.item()
-        pd.testing.assert_frame_equal(published_rows(conn, T.DATASET_INDEX), index_before)
-        pd.testing.assert_frame_equal(published_rows(conn, T.IMAGE_STATS), stats_before)
-        # The rejected version's rows are gone from the per-version tables.
-        for table in (T.DATASET_INDEX, T.IMAGE_STATS, T.CURATION_LINEAGE):
-            hashes = {h for (h,) in conn.execute(f"SELECT DISTINCT dataset_hash FROM {table}").fetchall()}
-            assert hashes <= {published.dataset_hash.item()}, table
+        # Per-version tables of earlier releases get no rows; statistics are per image, not per version.
+        for table in (T.DATASET_INDEX, T.CURATION_LINEAGE, T.DATASET_MEMBERS):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchall() == [(0,)], table
+    pd.testing.assert_frame_equal(
+        open_version(pipeline.data / "datasets", published.dataset_hash.item()).index(), index_before
+    )
+    pd.testing.assert_frame_equal(
+        pipeline.sql("SELECT * FROM features.image_stats ORDER BY sha256, image_size"), stats_before
+    )
+    # The rejected version is the head, but the next run with the old settings rebuilds what was published:
+    # the same content, the same name, published still.
+    assert pipeline.sql("SELECT dataset_hash FROM features.head").dataset_hash.item() in set(rejected.index)
+    again = pipeline.refresh_data()
+    assert again.success
+    audit = next(e for e in again.get_asset_check_evaluations() if e.check_name == "feature_expectations")
+    assert audit.metadata["publication"].value == "published (already)"
+    assert pipeline.sql("SELECT dataset_hash FROM features.head").dataset_hash.item() == published.dataset_hash.item()
 
 
 def test_a_release_0_1_warehouse_keeps_its_current_version(tmp_path):

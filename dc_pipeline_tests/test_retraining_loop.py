@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
 from dc_pipeline.catalog import T
+from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.core.ml import retraining as rules
 from dc_pipeline.core.ml.retraining import Attempt, Evidence, Policy, decide
 from dc_pipeline.defs.automation.sensors import RUN_KEY_TAG, retraining_trigger
@@ -76,12 +77,14 @@ def test_two_refusals_then_no_request_until_new_data(tmp_path):
             request, skip, cursor = tick(pipeline.instance, resources, cursor)
             assert request is None and skip.startswith("nothing new"), skip
 
-    champion_share = pipeline.sql(
-        "SELECT avg((sha256 NOT IN (SELECT sha256 FROM features.dataset_members WHERE dataset_hash = "
-        "(SELECT m.dataset_hash FROM registry.aliases a JOIN registry.models m USING (version_id) "
-        "WHERE alias = 'champion')))::INT) AS share FROM features.dataset_members WHERE dataset_hash = ?",
-        [dataset],
-    ).share.item()
+    champion_dataset = pipeline.sql(
+        "SELECT m.dataset_hash FROM registry.aliases a JOIN registry.models m USING (version_id) "
+        "WHERE alias = 'champion'"
+    ).dataset_hash.item()
+    current = set(open_version(pipeline.data / "datasets", dataset).sha256s())
+    champion_share = len(current - set(open_version(pipeline.data / "datasets", champion_dataset).sha256s())) / len(
+        current
+    )
     assert champion_share > 0.05, "compared with the champion alone, the new-data rule would still fire"
     attempts = pipeline.sql(f"SELECT * FROM {T.RETRAINING_ATTEMPTS} ORDER BY attempted_at")
     assert attempts.dagster_run_id.tolist() == runs, "each attempt found its run by run key"

@@ -9,6 +9,7 @@ from dagster import AssetKey
 from PIL import Image
 
 from dc_pipeline.api import load_model, load_split
+from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.core.ml.registry import RegistryError
 from dc_pipeline.ops.reproduce import reproduce
 
@@ -62,9 +63,9 @@ def test_evaluation_covers_every_corruption_and_both_models(demo):
 def test_load_model_predicts_like_training_on_raw_uint8_images(demo):
     model = load_model("champion", data_dir=demo.data)
     x_test, y_test = load_split("test", data_dir=demo.data)
-    index = demo.sql(
-        "SELECT sha256, source, position FROM features.dataset_index WHERE split = 'test' ORDER BY position"
-    )
+    current = demo.sql("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").dataset_hash.item()
+    index = open_version(demo.data / "datasets", current).index()
+    index = index[index.split == "test"].sort_values("position")
     # The original bytes of the first test images (8x8 gray or 16x16 RGB), as a user would hold them.
     raw = [
         np.asarray(Image.open(io.BytesIO((demo.data / "objects" / s[:2] / s).read_bytes()))) for s in index.sha256[:40]

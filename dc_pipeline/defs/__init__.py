@@ -28,6 +28,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     from dc_pipeline.defs.curation import assets as curation
     from dc_pipeline.defs.evaluation import assets as evaluation
     from dc_pipeline.defs.features import assets as features
+    from dc_pipeline.defs.features.retention import prune_dataset_versions
     from dc_pipeline.defs.jobs import ingestion_jobs, pipeline_jobs
     from dc_pipeline.defs.monitoring.assets import build_drift, overview
     from dc_pipeline.defs.raw.assets import build_ingestion
@@ -62,12 +63,12 @@ def build_definitions(resources: dict | None = None) -> Definitions:
             curation.label_issues,
             curation.slice_analysis,
         ],
-        jobs=[*ingest_jobs, *pipeline_jobs()],
+        jobs=[*ingest_jobs, *pipeline_jobs(), prune_dataset_versions],
         sensors=[
             sensors.build_landing_sensor(sources, ingest_jobs),
             sensors.retraining_trigger,
             sensors.run_failure_alerts,
         ],
-        schedules=[schedules.nightly_monitoring, schedules.weekly_retrain],
+        schedules=[schedules.nightly_monitoring, schedules.weekly_retrain, schedules.weekly_retention],
         resources=resources,
     )

@@ -147,6 +147,16 @@ class RetrainPolicy(ConfigurableResource):
         return Policy(self.new_data_share, self.backoff_minutes, self.max_attempts_per_day, rearm)
 
 
+class RetentionPolicy(ConfigurableResource):
+    """Which dataset versions and artifacts the `prune_dataset_versions` job keeps. Always kept: the published
+    version, versions staged for their audit, the newest version written, and every version a registered
+    model was trained on (registered models themselves are never pruned: they are the audit trail)."""
+
+    keep_last_versions: int = Field(default=10, ge=0, description="Also keep this many newest dataset versions.")
+    keep_days: float = Field(default=30.0, ge=0, description="Also keep dataset versions younger than this.")
+    report_days: float = Field(default=90.0, ge=0, description="Delete rendered drift reports older than this.")
+
+
 class Alerts(ConfigurableResource):
     """Where failed runs are reported: a table in its own DuckDB file, the log, and an optional webhook."""
 
@@ -167,6 +177,7 @@ def build_resources(settings: Settings | None = None) -> dict:
         "warehouse": Warehouse(database=str(s.warehouse_path), data_dir=data),
         "label_audit": LabelAudit(ground_truth_path=str(s.label_ground_truth) if s.label_ground_truth else None),
         "retrain_policy": RetrainPolicy(),
+        "retention": RetentionPolicy(),
         "alerts": Alerts(database=str(s.alerts_path), webhook_url=s.alert_webhook),
     }
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def reproduce(ref: str, data_dir: Path, warehouse: Path | None = None) -> int:
     """Retrain from the recorded dataset hash, config and seed; 0 when the weights' sha256 matches."""
-    from dc_pipeline.api import load_split
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.core.ml.registry import Registry
     from dc_pipeline.core.ml.training import TrainConfig, train
@@ -19,17 +19,18 @@ def reproduce(ref: str, data_dir: Path, warehouse: Path | None = None) -> int:
     with read_warehouse(db) as conn:
         record = Registry(conn, data / "artifacts").get(ref)
     classes = record["model_spec"]["classes"]
-    splits = {s: load_split(s, data, db, dataset_hash=record["dataset_hash"]) for s in ("train", "val")}
+    version = open_version(data / "datasets", record["dataset_hash"])
+    splits = {s: version.reader(s) for s in ("train", "val")}  # read as training reads them
     now = code_version()
     print(
         f"reproducing {record['version_id']} ({record['kind']}) on dataset {record['dataset_hash'][:12]}, "
         f"seed {record['seed']}; recorded code {record['code_version']}, current code {now['label']}"
     )
     result = train(
-        splits["train"][0],
-        class_index(splits["train"][1], classes),
-        splits["val"][0],
-        class_index(splits["val"][1], classes),
+        splits["train"],
+        class_index(splits["train"].labels, classes),
+        splits["val"],
+        class_index(splits["val"].labels, classes),
         TrainConfig(**record["config"]),
         mode=record["kind"],
     )

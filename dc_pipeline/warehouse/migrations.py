@@ -16,7 +16,6 @@ from dc_pipeline.catalog import RAW, T
 from dc_pipeline.warehouse.tables import ALERT_TABLES, TABLES, Table
 
 LEDGER = "meta.schema_migrations"
-INDEXES_SINCE = 5  # the migration that indexes the keys of per-batch lookups
 
 
 @dataclass(frozen=True)
@@ -43,9 +42,6 @@ def ensure_table(conn, table: Table, until: int | None = None) -> None:
     have = existing_columns(conn, table.name)
     if not have:
         conn.execute(table.create_sql(until))
-        if until is None or until >= INDEXES_SINCE:
-            for sql in table.index_sql():
-                conn.execute(sql)
         return
     for col in table.columns:
         if until is not None and col.since > until:
@@ -58,9 +54,6 @@ def ensure_table(conn, table: Table, until: int | None = None) -> None:
                 f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" SET DATA TYPE {declared} '
                 f'USING TRY_CAST("{col.name}" AS {declared})'
             )
-    if until is None or until >= INDEXES_SINCE:
-        for sql in table.index_sql():
-            conn.execute(sql)
 
 
 def _declared(tables: tuple[Table, ...], number: int) -> Callable:
@@ -118,20 +111,9 @@ def _publish_existing_versions(conn, data_dir) -> None:
 
 
 def _incremental_state(conn, data_dir) -> None:
-    """Index the lookup keys of existing tables (raw tables too) and mark the dataset versions of older
-    releases as the npy format they are stored in, so they stay loadable by hash. The incremental state
-    (clean.candidates, the head of the Lance store) is filled by the first cleaning and features runs after
-    the upgrade, which rebuild it once from the raw tables."""
-    for table in TABLES:
-        if existing_columns(conn, table.name):
-            for sql in table.index_sql():
-                conn.execute(sql)
-    for (name,) in conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
-        "AND table_name NOT IN ('schema_history', 'batch_gate')",
-        [RAW],
-    ).fetchall():
-        conn.execute(f'CREATE INDEX IF NOT EXISTS raw_{name}_batch_id ON {RAW}."{name}" ("batch_id")')
+    """Mark the dataset versions of older releases as the npy format they are stored in, so they stay
+    loadable by hash. The incremental state (clean.candidates, the head of the Lance store) is filled by the
+    first cleaning and features runs after the upgrade, which take every batch in once."""
     conn.execute(f"UPDATE {T.DATASET_VERSIONS} SET format = 'npy' WHERE format IS NULL")
 
 

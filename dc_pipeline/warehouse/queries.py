@@ -27,16 +27,6 @@ def current_dataset_version(conn) -> dict:
     return row.iloc[0].to_dict()
 
 
-def published_rows(conn, table: str, columns: str = "*"):
-    """The published version's rows of a per-version features table (``features.dataset_index``,
-    ``features.image_stats``, ``features.curation_lineage``); ``*`` leaves out their ``dataset_hash`` key."""
-    select = "* EXCLUDE (dataset_hash)" if columns == "*" else columns
-    return conn.execute(
-        f"SELECT {select} FROM {table} WHERE dataset_hash = "
-        f"(SELECT dataset_hash FROM {T.DATASET_VERSIONS} WHERE {PUBLISHED})"
-    ).df()
-
-
 def accepted_batch(conn, source: str, batch_id: str):
     """The accepted images of one landing batch (rows of clean.images), in image-id order."""
     return conn.execute(

@@ -26,7 +26,6 @@ class Table:
     columns: tuple[Column, ...]
     description: str = ""
     since: int = 1
-    indexes: tuple[str, ...] = ()  # columns with an ART index: the keys of per-batch lookups
 
     @property
     def schema(self) -> str:
@@ -34,10 +33,6 @@ class Table:
 
     def column_names(self, until: int | None = None) -> list[str]:
         return [c.name for c in self.columns if until is None or c.since <= until]
-
-    def index_sql(self) -> list[str]:
-        base = self.name.replace(".", "_")
-        return [f'CREATE INDEX IF NOT EXISTS {base}_{c} ON {self.name} ("{c}")' for c in self.indexes]
 
     def create_sql(self, until: int | None = None) -> str:
         cols = ", ".join(f'"{c.name}" {c.type}' for c in self.columns if until is None or c.since <= until)
@@ -77,7 +72,6 @@ def raw_table_spec(source: str, kind: str) -> Table:
         "dc_pipeline.defs.raw.assets",
         RAW_REVIEW_COLUMNS if kind == "reviews" else RAW_IMAGE_COLUMNS,
         f"Raw records of {source}, values as delivered, with provenance.",
-        indexes=("batch_id",),
     )
 
 
@@ -115,7 +109,6 @@ TABLES: tuple[Table, ...] = (
             "n_copies BIGINT"
         ),
         "Accepted unique images.",
-        indexes=("sha256", "image_id", "batch_id"),
     ),
     Table(
         T.QUARANTINE,
@@ -125,7 +118,6 @@ TABLES: tuple[Table, ...] = (
             "record_id VARCHAR, image_sha256 VARCHAR, reason VARCHAR, detail VARCHAR"
         ),
         "Rejected records with reasons.",
-        indexes=("image_sha256", "batch_id"),
     ),
     Table(
         T.LINEAGE,
@@ -135,7 +127,6 @@ TABLES: tuple[Table, ...] = (
             "row_number BIGINT, record_id VARCHAR, label BIGINT"
         ),
         "Every accepted record, kept or duplicate.",
-        indexes=("sha256", "batch_id"),
     ),
     Table(
         T.REVIEW_DECISIONS,
@@ -145,7 +136,6 @@ TABLES: tuple[Table, ...] = (
             "decided_at TIMESTAMP, source VARCHAR, batch_id VARCHAR, row_number BIGINT"
         ),
         "Accepted review decisions.",
-        indexes=("sha256", "batch_id"),
     ),
     Table(
         T.CANDIDATES,
@@ -159,7 +149,6 @@ TABLES: tuple[Table, ...] = (
         "Every raw image record that passed the per-record checks, before the cross-batch rules (record id "
         "conflicts, label conflicts, duplicates): what incremental cleaning looks up instead of reloading history.",
         since=5,
-        indexes=("image_sha256", "record_id", "batch_id"),
     ),
     Table(
         T.REVIEW_ROWS,
@@ -173,7 +162,6 @@ TABLES: tuple[Table, ...] = (
         "Every review record that names an image, with the verdict it gets once that image is accepted "
         "(reason_if_known NULL: accepted): a decision may arrive before the image it is about.",
         since=5,
-        indexes=("image_sha256", "batch_id"),
     ),
     Table(
         T.CLEANED_BATCHES,
@@ -194,7 +182,6 @@ TABLES: tuple[Table, ...] = (
         "The images whose clean rows or review decisions a cleaning run changed, numbered by run (seq): the "
         "features stage reads only the changes after the ones its dataset version already contains.",
         since=5,
-        indexes=("seq", "run_id"),
     ),
     Table(
         T.DATASET_VERSIONS,
@@ -253,7 +240,6 @@ TABLES: tuple[Table, ...] = (
         + _cols("image_size BIGINT", since=5),
         "Per-image statistics, computed once per image and canonical size when its pixels are first written "
         "(rows of releases before 0.3 carry the dataset_hash of the version they described instead).",
-        indexes=("sha256",),
     ),
     Table(
         T.PIXEL_ROWS,
@@ -266,7 +252,6 @@ TABLES: tuple[Table, ...] = (
         "Where each image's canonical pixels are in the append-only pixel store of its size, with the "
         "figures the feature audit checks (written once, as the store never changes a row).",
         since=5,
-        indexes=("sha256",),
     ),
     Table(
         T.HEAD_MEMBERS,
@@ -279,7 +264,6 @@ TABLES: tuple[Table, ...] = (
         "The images of the newest dataset version written (the head), what the next version is computed from "
         "(row: in the pixel store; member_addr: the Lance row address in the head's members.lance).",
         since=5,
-        indexes=("sha256",),
     ),
     Table(
         T.DATASET_CHANGES,
@@ -291,7 +275,6 @@ TABLES: tuple[Table, ...] = (
         ),
         "What each dataset version changed against its parent: images added, removed or relabelled.",
         since=5,
-        indexes=("dataset_hash",),
     ),
     Table(
         T.DATASET_HEAD,

@@ -237,12 +237,8 @@ def resolve(candidates: pd.DataFrame) -> CleanResult:
     quarantine: list[dict] = []
     if len(cand):
         # A record id must mean one record within a source: same content and same label.
-        variants = (
-            cand.groupby(["source", "record_id"])[["image_sha256", "label"]]
-            .transform(lambda s: s.nunique())
-            .max(axis=1)
-        )
-        conflict = variants > 1
+        by_record = cand.groupby(["source", "record_id"])
+        conflict = (by_record["image_sha256"].transform("nunique") > 1) | (by_record["label"].transform("nunique") > 1)
         for row in cand[conflict].to_dict("records"):
             detail = f"record id {row['record_id']!r} appears in {row['source']} with different image or label"
             quarantine.append(_quarantine_row(row, "conflicting_record_id", detail))

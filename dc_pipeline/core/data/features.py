@@ -1,7 +1,8 @@
-"""Features: split assignment, the canonical model input, dataset versions, per-image statistics.
+"""Features: split assignment, the canonical model input, per-image statistics, and the npy dataset versions
+of releases before 0.3 (``DatasetVersion``; newer versions live in Lance stores, ``dataset_store``).
 
-A dataset version is identified by sha256 over the sorted (image sha256, label, split) triples, so
-the same images with the same labels and splits always give the same hash, wherever they came from.
+An npy version is identified by sha256 over the sorted (image sha256, label, split) triples (``dataset_hash``),
+so the same images with the same labels and splits always give the same hash, wherever they came from.
 """
 
 from __future__ import annotations
@@ -138,8 +139,28 @@ class DatasetVersion:
     def index(self) -> pd.DataFrame:
         return pd.read_parquet(self.folder / "index.parquet")
 
+    def sha256s(self) -> np.ndarray:
+        """The member images' sha256 (any order)."""
+        return pd.read_parquet(self.folder / "index.parquet", columns=["sha256"])["sha256"].to_numpy()
 
-def stratification_table(index: pd.DataFrame) -> pd.DataFrame:
-    """Share of each class's images in each split (rows: label; columns: splits)."""
-    table = pd.crosstab(index["label"], index["split"], normalize="index")
-    return table.reindex(columns=list(SPLITS), fill_value=0.0)
+    def reader(self, name: str, cache_bytes: int | None = None) -> ArrayReader:
+        """Split ``name`` for bounded-memory training: the shard is memory-mapped, rows are read as taken."""
+        return ArrayReader(*self.split(name, mmap=True))
+
+
+class ArrayReader:
+    """A split held as arrays (or memory-mapped shards): ``len``, ``labels``, ``take(indices)`` -> float32
+    ``[n, S, S]`` in the order of ``indices``. What ``core.ml.training.train`` reads minibatches from."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape)
+
+    def take(self, indices) -> np.ndarray:
+        return np.ascontiguousarray(self.images[np.asarray(indices, np.int64)], dtype=np.float32)

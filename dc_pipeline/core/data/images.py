@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,19 +28,31 @@ class ObjectStore:
         return self.root / sha256[:2] / sha256
 
     def put(self, data: bytes) -> str:
+        """Store ``data`` under its sha256: written to a temporary name of this process, then hard-linked
+        into place (atomic, and never replaces an existing object), so a killed writer leaves no partial
+        object under a real name."""
         sha = hashlib.sha256(data).hexdigest()
-        target = self.path(sha)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            try:
-                os.link(tmp, target)  # atomic and refuses to replace an existing object
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
+        folder = os.path.join(self.root, sha[:2])
+        target = os.path.join(folder, sha)
+        if os.path.lexists(target):
+            return sha
+        tmp = os.path.join(folder, f".tmp-{sha[:16]}-{os.getpid()}-{threading.get_ident()}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
         return sha
 
     def get(self, sha256: str) -> bytes:

@@ -4,8 +4,7 @@ A batch's records are read, decoded and checked once (``cleaning.validate_images
 ``validate_reviews``); the records that pass wait in ``clean.candidates`` / ``clean.review_rows``. The
 rules that span batches (record id conflicts, label conflicts, which copy of an image is kept, whether a
 review names an accepted image) only relate records that share a sha256 or a (source, record id), so a
-batch's outcome is recomputed over the closure of those keys, found through indexed lookups, and only
-those rows of ``clean.images``, ``clean.lineage``, ``clean.quarantine`` and ``clean.review_decisions`` are
+batch's outcome is recomputed over the closure of those keys, found by key lookups, and only those rows of ``clean.images``, ``clean.lineage``, ``clean.quarantine`` and ``clean.review_decisions`` are
 replaced. Batches are cleaned again exactly when their raw delivery or a blocking gate verdict changes
 (``clean.batches`` remembers what each was cleaned from), so the result does not depend on the order in
 which batches arrive and equals :func:`rebuild`, the full repair operation.
@@ -40,7 +39,7 @@ from dc_pipeline.core.data.images import ObjectStore
 Batch = tuple[str, str]
 Connect = Callable[[], AbstractContextManager]
 
-IN_CHUNK = 1000  # values per IN list: an ART index lookup each
+IN_CHUNK = 1000  # keys up to which a lookup is an IN list (a filter pushed into the scan), above: a semi-join
 CHUNK_ROWS = 50_000  # raw records cleaned per transaction at most (unless one batch is larger)
 
 
@@ -64,21 +63,38 @@ def _chunks(values: Iterable, size: int = IN_CHUNK) -> Iterator[list]:
 
 
 def select_in(conn, sql: str, column: str, values: Iterable, params: list | None = None) -> pd.DataFrame:
-    """``sql`` (a SELECT ... FROM ... WHERE <conditions or TRUE>) restricted to ``column IN values``, as one
-    frame: each chunk is an index lookup, never a scan of the table into memory."""
-    frames = [
-        conn.execute(f"{sql} AND {column} IN ({', '.join('?' * len(c))})", [*(params or []), *c]).df()
-        for c in _chunks(values)
-    ]
-    if not frames:
+    """``sql`` (a SELECT ... FROM ... WHERE <conditions or TRUE>) restricted to ``column IN values``.
+
+    Only the key column is scanned to find the rows (DuckDB pushes the filter into its columnar scan), then
+    the matching rows are read: milliseconds per 100,000 rows of history. ART indexes were measured and
+    dropped: DuckDB writes a table's whole index at every checkpoint, so the bytes a batch writes grew with
+    the history (12 MB per 200-image batch at 100,000 images, against 0.6 MB without)."""
+    keys = sorted({v for v in values if v is not None and v == v})
+    if not keys:
         return conn.execute(f"{sql} AND FALSE", params or []).df()
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(keys) > IN_CHUNK:
+        conn.register("_select_keys", pd.DataFrame({"k": keys}))
+        try:
+            return conn.execute(f"{sql} AND {column} IN (SELECT k FROM _select_keys)", params or []).df()
+        finally:
+            conn.unregister("_select_keys")
+    return conn.execute(f"{sql} AND {column} IN ({', '.join('?' * len(keys))})", [*(params or []), *keys]).df()
 
 
 def delete_in(conn, table: str, column: str, values: Iterable, where: str = "TRUE", params: list | None = None) -> None:
-    for c in _chunks(values):
+    keys = sorted({v for v in values if v is not None and v == v})
+    if len(keys) > IN_CHUNK:
+        conn.register("_delete_keys", pd.DataFrame({"k": keys}))
+        try:
+            conn.execute(
+                f"DELETE FROM {table} WHERE {where} AND {column} IN (SELECT k FROM _delete_keys)", params or []
+            )
+        finally:
+            conn.unregister("_delete_keys")
+    elif keys:
         conn.execute(
-            f"DELETE FROM {table} WHERE {where} AND {column} IN ({', '.join('?' * len(c))})", [*(params or []), *c]
+            f"DELETE FROM {table} WHERE {where} AND {column} IN ({', '.join('?' * len(keys))})",
+            [*(params or []), *keys],
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import safetensors.torch
@@ -26,6 +26,7 @@ from dc_pipeline.core.ml.networks import SmallCNN
 
 __all__ = [
     "MODES",
+    "SplitReader",
     "TrainConfig",
     "TrainResult",
     "build_model",
@@ -145,16 +146,33 @@ def jsd_objective(
     return ce + jsd_weight * jsd, ce, jsd
 
 
+class SplitReader(Protocol):
+    """A split read minibatch by minibatch (``features.ArrayReader``, ``dataset_store.LanceSplitReader``):
+    ``take(indices)`` gives float32 ``[n, H, W]`` in the order of ``indices``."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+def _is_reader(images) -> bool:
+    return hasattr(images, "take") and not isinstance(images, np.ndarray | Tensor)
+
+
 def train(
-    images: np.ndarray,
+    images: np.ndarray | SplitReader,
     labels: np.ndarray,
-    val_images: np.ndarray | None,
+    val_images: np.ndarray | SplitReader | None,
     val_labels: np.ndarray | None,
     config: TrainConfig | None = None,
     mode: Mode = "baseline",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a ``SmallCNN`` on ``images`` ``[N, H, W]`` (float32 in [0, 1]) and int ``labels``.
+
+    ``images`` and ``val_images`` may be split readers instead of arrays (``len`` and ``take(indices)``):
+    each minibatch is then taken by index, so memory is bounded by the reader, not the split; the same
+    values give bit-identical weights either way. Validation is predicted in batches.
 
     ``mode="augmix"``: each batch becomes (clean, aug1, aug2) with the AugMix engine, the three go
     through the network in one concatenated pass (shared BatchNorm statistics), and the loss is
@@ -170,9 +188,10 @@ def train(
     cfg = config or TrainConfig()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    x = _as_nchw(images)
+    reader = images if _is_reader(images) else None
+    x = _as_nchw(reader.take(np.zeros(min(len(reader), 1), np.int64))) if reader is not None else _as_nchw(images)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
-    n = x.shape[0]
+    n = len(reader) if reader is not None else x.shape[0]
     if n == 0 or y.shape[0] != n:
         raise ValueError(f"need as many labels as images (> 0), got {n} images and {y.shape[0]} labels")
     if int(y.min()) < 0 or int(y.max()) >= cfg.n_classes:
@@ -221,7 +240,8 @@ def train(
             perm = torch.randperm(n, generator=g_data)
             for lo in range(0, n, cfg.batch_size):
                 idx = perm[lo : lo + cfg.batch_size]
-                xb, yb = x[idx], y[idx]
+                xb = _as_nchw(reader.take(idx.numpy())) if reader is not None else x[idx]
+                yb = y[idx]
                 if augmix is not None:
                     clean, aug1, aug2 = augmix_views(xb, augmix, generator=g_aug)
                     loss, ce, jsd = jsd_objective(model, clean, aug1, aug2, yb, cfg.jsd_weight)
@@ -241,7 +261,7 @@ def train(
             start = time.perf_counter()
             val_error = None
             if has_val:
-                probs = predict_proba(model, val_images)  # type: ignore[arg-type]
+                probs = predict_proba(model, val_images)
                 val_error = float(np.mean(probs.argmax(axis=1) != np.asarray(val_labels).reshape(-1)))
             record = {
                 "epoch": epoch,
@@ -284,16 +304,19 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
 
 
 def _batched_outputs(
-    model: nn.Module, images: np.ndarray | Tensor, batch_size: int, fn: Callable[[Tensor], Tensor]
+    model: nn.Module, images: np.ndarray | Tensor | SplitReader, batch_size: int, fn: Callable[[Tensor], Tensor]
 ) -> np.ndarray:
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
     outs: list[np.ndarray] = []
+    reader = images if _is_reader(images) else None
     try:
         with torch.inference_mode():
             for lo in range(0, len(images), batch_size):
-                xb = _as_nchw(images[lo : lo + batch_size]).to(device)
+                hi = min(lo + batch_size, len(images))
+                part = reader.take(np.arange(lo, hi)) if reader is not None else images[lo:hi]
+                xb = _as_nchw(part).to(device)
                 outs.append(fn(xb).float().cpu().numpy())
     finally:
         model.train(was_training)
@@ -302,7 +325,7 @@ def _batched_outputs(
     return np.concatenate(outs)
 
 
-def predict_proba(model: nn.Module, images: np.ndarray | Tensor, batch_size: int = 512) -> np.ndarray:
+def predict_proba(model: nn.Module, images: np.ndarray | Tensor | SplitReader, batch_size: int = 512) -> np.ndarray:
     """Softmax probabilities ``[N, n_classes]`` (float32) in eval mode; the model's mode is restored."""
     return _batched_outputs(model, images, batch_size, lambda xb: F.softmax(model(xb), dim=1))
 

@@ -60,16 +60,18 @@ def augmented_samples(
     import torch
 
     from dc_pipeline.augmix import AugMix
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.plots import grid_png, markdown_image
 
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
-    x, y = version.split("train")
+    train_split = open_version(lake.datasets, meta["dataset_hash"]).reader("train")
+    y = train_split.labels
     rng = np.random.default_rng(config.seed)
-    pick = np.sort(rng.choice(len(x), size=min(config.n_samples, len(x)), replace=False))
-    originals = torch.from_numpy(np.ascontiguousarray(x[pick]))[:, None]
+    # At most half the split: the label check fits its classifier on the training images not sampled.
+    pick = np.sort(rng.choice(len(y), size=min(config.n_samples, len(y) // 2), replace=False))
+    sampled = train_split.take(pick)
+    originals = torch.from_numpy(sampled)[:, None]
     augmix = AugMix(
         severity=config.severity, width=config.width, depth=config.depth, alpha=config.alpha, all_ops=config.all_ops
     )
@@ -81,9 +83,9 @@ def augmented_samples(
     out = lake.root_path("augmented") / f"{meta['dataset_hash'][:16]}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        out, positions=pick, labels=y[pick], originals=x[pick], views=views.numpy(), config=json.dumps(aug_config)
+        out, positions=pick, labels=y[pick], originals=sampled, views=views.numpy(), config=json.dumps(aug_config)
     )
-    preview = grid_png([[x[i], *views[k].numpy()] for k, i in enumerate(pick[:12])])
+    preview = grid_png([[sampled[k], *views[k].numpy()] for k in range(min(len(pick), 12))])
     context.log.info(f"{len(pick) * config.views} AugMix views in {seconds:.2f}s")
     return MaterializeResult(
         metadata={
@@ -115,12 +117,12 @@ def augmented_samples(
 def label_preservation(lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
     import numpy as np
 
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.quality import label_preservation_score
 
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
+    version = open_version(lake.datasets, meta["dataset_hash"])
 
     samples = np.load(lake.root_path("augmented") / f"{meta['dataset_hash'][:16]}.npz")
     score = label_preservation_score(

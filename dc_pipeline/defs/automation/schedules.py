@@ -1,8 +1,8 @@
-"""Schedules: the nightly monitoring sweep and the (stopped by default) weekly retrain."""
+"""Schedules: the nightly monitoring sweep, and the (stopped by default) weekly retrain and retention."""
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-from dc_pipeline.catalog import NIGHTLY_SWEEP, RETRAIN_JOB, SWEEP_JOB, WEEKLY_RETRAIN
+from dc_pipeline.catalog import NIGHTLY_SWEEP, PRUNE_JOB, RETRAIN_JOB, SWEEP_JOB, WEEKLY_PRUNE, WEEKLY_RETRAIN
 
 nightly_monitoring = ScheduleDefinition(
     name=NIGHTLY_SWEEP,
@@ -18,4 +18,13 @@ weekly_retrain = ScheduleDefinition(
     default_status=DefaultScheduleStatus.STOPPED,
     description="Sundays at 03:00: retrain both models and run the promotion gate (stopped by default; the "
     "retraining trigger already retrains when the data says so).",
+)
+weekly_retention = ScheduleDefinition(
+    name=WEEKLY_PRUNE,
+    job_name=PRUNE_JOB,
+    cron_schedule="0 4 * * 0",
+    run_config={"ops": {"prune_versions": {"config": {"dry_run": False}}}},
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Sundays at 04:00: prune what the retention policy does not keep, for real (stopped by default: "
+    "run the job's dry run first and read its plan).",
 )

@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -161,9 +162,23 @@ def attempt_outcome(instance, conn, attempt) -> str:
     return outcome_of(run.status.value, passed)
 
 
-def retraining_evidence(conn, dataset_hash: str | None, attempts: list, policy, now: datetime):
+def version_members(conn, datasets_root, dataset_hash: str) -> set[str]:
+    """The images (sha256) of a dataset version: from its store (Lance or npy), else from
+    features.dataset_members, where releases before 0.3 listed the images of every version."""
+    from dc_pipeline.core.data.dataset_store import open_version
+
+    try:
+        if datasets_root is not None:
+            return set(open_version(datasets_root, dataset_hash).sha256s())
+    except (FileNotFoundError, ValueError):
+        pass
+    rows = conn.execute(f"SELECT sha256 FROM {T.DATASET_MEMBERS} WHERE dataset_hash = ?", [dataset_hash])
+    return {sha for (sha,) in rows.fetchall()}
+
+
+def retraining_evidence(conn, dataset_hash: str | None, attempts: list, policy, now: datetime, datasets_root=None):
     """What changed since the last attempt and the champion: drift verdicts reported after both, and the
-    current dataset's images that neither's dataset holds."""
+    current dataset's images that neither's dataset holds (``datasets_root``: where the versions are stored)."""
     from dc_pipeline.core.ml.retraining import Evidence, baseline
 
     champion = conn.execute(
@@ -178,16 +193,11 @@ def retraining_evidence(conn, dataset_hash: str | None, attempts: list, policy, 
     ).fetchall()
     new = known = 0
     if base.datasets and dataset_hash:
-        marks = ", ".join("?" for _ in base.datasets)
-        new = conn.execute(
-            f"SELECT count(*) FROM {T.DATASET_MEMBERS} WHERE dataset_hash = ? AND sha256 NOT IN "
-            f"(SELECT sha256 FROM {T.DATASET_MEMBERS} WHERE dataset_hash IN ({marks}))",
-            [dataset_hash, *base.datasets],
-        ).fetchall()[0][0]
-        known = conn.execute(
-            f"SELECT count(DISTINCT sha256) FROM {T.DATASET_MEMBERS} WHERE dataset_hash IN ({marks})",
-            list(base.datasets),
-        ).fetchall()[0][0]
+        seen: set[str] = set()
+        for h in base.datasets:
+            seen |= version_members(conn, datasets_root, h)
+        new = len(version_members(conn, datasets_root, dataset_hash) - seen)
+        known = len(seen)
     return Evidence(tuple(f"{s}/{b}" for s, b in drifted), int(new), int(known))
 
 
@@ -250,7 +260,7 @@ def _retraining_tick(context, warehouse: Warehouse, policy, now):
                 known[attempt.run_key] = attempt_outcome(context.instance, conn, attempt)
             return known[attempt.run_key]
 
-        evidence = retraining_evidence(conn, dataset, attempts, policy, now)
+        evidence = retraining_evidence(conn, dataset, attempts, policy, now, Path(warehouse.data_dir) / "datasets")
         decision = decide(now, policy, dataset, attempts, evidence, outcome)
         if decision.records_attempt:  # recorded before the request leaves: no request without its row
             row = {

@@ -9,11 +9,13 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetSpec,
+    Config,
     MaterializeResult,
     MetadataValue,
     asset_check,
     multi_asset,
 )
+from pydantic import Field
 
 from dc_pipeline.catalog import CLEAN, DECISIONS, DUCKDB_POOL, IMAGES, LINEAGE, QUARANTINE, T, raw_key
 from dc_pipeline.defs.metadata import counts_markdown
@@ -22,6 +24,15 @@ from dc_pipeline.defs.resources import DataLake, Warehouse
 BATCH_GATE = T.BATCH_GATE
 # Class shares outside [1/2, 2] times the uniform share are flagged.
 CLASS_BALANCE_BOUNDS = (0.5, 2.0)
+
+
+class CleaningConfig(Config):
+    full_rebuild: bool = Field(
+        default=False,
+        description="Repair: forget every clean row and clean every batch again from the raw tables (costs "
+        "what the whole history costs). Normally only the batches delivered or re-checked since the last run "
+        "are cleaned; the result is the same.",
+    )
 
 
 def clean_figures(conn) -> dict:
@@ -95,10 +106,12 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         ],
         pool=DUCKDB_POOL,
     )
-    def clean_tables(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
-        from dc_pipeline.core.data.incremental_cleaning import clean_pending
+    def clean_tables(context: AssetExecutionContext, config: CleaningConfig, lake: DataLake, warehouse: Warehouse):
+        from dc_pipeline.core.data.incremental_cleaning import clean_pending, rebuild
 
-        run = clean_pending(
+        if config.full_rebuild:
+            context.log.warning("full rebuild requested: every batch is cleaned again from the raw tables")
+        run = (rebuild if config.full_rebuild else clean_pending)(
             warehouse.get_connection,
             lake.contracts(),
             lake.object_store(),

@@ -16,19 +16,38 @@ from dc_pipeline.catalog import (
 )
 from dc_pipeline.defs.resources import DataLake, LabelAudit, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
-from dc_pipeline.warehouse.queries import load_alias_model, published_rows
+from dc_pipeline.warehouse.queries import load_alias_model
 
 REVIEW_QUEUE = T.REVIEW_QUEUE
 
 
-def outstanding_errors(ground_truth_path: str, conn) -> set[str]:
-    """sha256 of images whose label in the current dataset differs from the ground truth."""
+def image_stats_of(conn, sha256s, image_size: int, dataset_hash: str):
+    """Image statistics (and device) of ``sha256s`` at ``image_size``: the rows written once per image, or for a
+    version of a release before 0.3, the rows written for that version."""
+    from dc_pipeline.core.data.features import STAT_COLUMNS
+    from dc_pipeline.core.data.incremental_features import select_in
+
+    columns = ", ".join(["sha256", *STAT_COLUMNS, "device_id"])
+    rows = select_in(
+        conn,
+        f"SELECT {columns}, dataset_hash IS NULL AS per_image FROM {T.IMAGE_STATS} "
+        "WHERE ((dataset_hash IS NULL AND image_size = ?) OR dataset_hash = ?)",
+        "sha256",
+        sha256s,
+        [image_size, dataset_hash],
+    )
+    rows = rows.sort_values("per_image", ascending=False, kind="stable").drop_duplicates("sha256")
+    return rows.drop(columns=["per_image"]).reset_index(drop=True)
+
+
+def outstanding_errors(ground_truth_path: str, conn, current) -> set[str]:
+    """sha256 of images whose label in the current dataset (``current``: its index, sha256 and label) differs
+    from the ground truth."""
     import pandas as pd
 
     truth = pd.read_csv(ground_truth_path, dtype={"record_id": str})
     lineage = conn.execute("SELECT DISTINCT source, record_id, sha256 FROM clean.lineage").df()
-    current = published_rows(conn, T.DATASET_INDEX, "sha256, label")
-    merged = truth.merge(lineage, on=["source", "record_id"]).merge(current, on="sha256")
+    merged = truth.merge(lineage, on=["source", "record_id"]).merge(current[["sha256", "label"]], on="sha256")
     return set(merged.loc[merged["label"] != merged["true_label"], "sha256"])
 
 
@@ -52,7 +71,8 @@ def label_issues(
     import pandas as pd
 
     from dc_pipeline.core.curation.label_issues import out_of_fold_probabilities, rank_label_issues
-    from dc_pipeline.core.data.features import SPLITS, DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
+    from dc_pipeline.core.data.features import SPLITS
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.core.plots import grid_png, markdown_image
     from dc_pipeline.warehouse.io import replace_table
@@ -60,7 +80,7 @@ def label_issues(
     classes = list(lake.contracts().project.classes)
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
+    version = open_version(lake.datasets, meta["dataset_hash"])
     full = version.index()
     index = pd.concat([full[full.split == s].sort_values("position") for s in SPLITS])  # the order of x
     arrays = {s: version.split(s) for s in SPLITS}
@@ -89,7 +109,7 @@ def label_issues(
     with warehouse.get_connection() as conn:
         replace_table(conn, REVIEW_QUEUE, queue)
         audit = label_audit.ground_truth_path
-        truth = outstanding_errors(audit, conn) if audit and os.path.isfile(audit) else None
+        truth = outstanding_errors(audit, conn, full) if audit and os.path.isfile(audit) else None
     top = queue.head(12)
     pos = {(r.split, r.sha256): i for i, r in enumerate(index.itertuples())}
     preview = grid_png([[x[pos[(r.split, r.sha256)]]] for r in top.itertuples()]) if len(top) else None
@@ -140,32 +160,33 @@ def label_issues(
 )
 def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
     import numpy as np
+    import pandas as pd
 
     from dc_pipeline.core.curation.slices import flag_slices, slice_table, slices_markdown
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.warehouse.io import replace_table
 
     with warehouse.get_connection() as conn:
         champion = load_alias_model(conn, lake.artifacts)
         meta = current_version(conn)
-        stats = published_rows(conn, T.IMAGE_STATS)
     if champion is None:
         raise ValueError("no champion yet: materialize the evaluation group first")
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
+    version = open_version(lake.datasets, meta["dataset_hash"])
     index = version.index()
     frames = []
     for split in ("val", "test"):
         x, y = version.split(split)
         probs = champion.predict_canonical(x)
-        part = index[index.split == split].sort_values("position")[["sha256"]].copy()
+        part = index[index.split == split].sort_values("position")[["sha256", "source"]].copy()
         part["correct"] = probs.argmax(axis=1) == class_index(y, champion.classes)
         part["confidence"] = probs.max(axis=1)
         part["label"] = y
         frames.append(part)
-    import pandas as pd
-
-    df = pd.concat(frames).merge(stats.drop(columns=["label", "split"]), on="sha256", how="left")
+    df = pd.concat(frames, ignore_index=True)
+    with warehouse.get_connection() as conn:
+        stats = image_stats_of(conn, df["sha256"], int(x.shape[-1]), meta["dataset_hash"])
+    df = df.merge(stats, on="sha256", how="left")
     table = flag_slices(slice_table(df, n_buckets=8))
     with warehouse.get_connection() as conn:
         replace_table(

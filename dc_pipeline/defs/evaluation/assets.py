@@ -36,7 +36,10 @@ class CorruptionConfig(Config):
 
 
 def corrupted_path(lake: DataLake, dataset_hash: str):
-    return lake.datasets / dataset_hash / "corrupted_test.npz"
+    """Where the corrupted test split of a dataset version is kept: ``corrupted/<dataset hash>.npz``."""
+    folder = lake.root_path("corrupted")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{dataset_hash}.npz"
 
 
 @asset(
@@ -55,13 +58,13 @@ def corrupted_test_set(
 ) -> MaterializeResult:
     import numpy as np
 
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_table_markdown
     from dc_pipeline.core.plots import grid_png, markdown_image
 
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
-    x, _ = DatasetVersion(lake.datasets, meta["dataset_hash"]).split("test")
+    x, _ = open_version(lake.datasets, meta["dataset_hash"]).split("test")
     arrays = {}
     for i, name in enumerate(sorted(CORRUPTIONS)):
         for severity in SEVERITIES:
@@ -116,7 +119,7 @@ def load_corrupted(path) -> dict:
 def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
     import pandas as pd
 
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.evaluation import error_by_corruption_png, evaluate, reliability_png
     from dc_pipeline.core.ml.inference import build_loaded, class_index
     from dc_pipeline.core.ml.metrics import relative_corruption_error
@@ -133,7 +136,7 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
         if champion_id and champion_id not in {m.version_id for m in models.values()}:
             # The gate must compare like with like: the champion is re-evaluated on today's test data.
             models["champion"] = build_loaded(*registry.load_weights(champion_id))
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
+    version = open_version(lake.datasets, meta["dataset_hash"])
     classes = list(lake.contracts().project.classes)
     (xt, yt), (xv, yv) = version.split("test"), version.split("val")
     index = version.index()

@@ -19,14 +19,15 @@ from dagster import (
 from pydantic import Field
 
 from dc_pipeline.catalog import DATASET_VERSION, DUCKDB_POOL, FEATURES, IMAGE_STATS, IMAGES, T
+from dc_pipeline.core.data.incremental_features import PUBLISHED, REJECTED, STAGED, SUPERSEDED
 from dc_pipeline.defs.metadata import counts_markdown, table_metadata
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import PUBLISHED as CURRENT
 from dc_pipeline.warehouse.queries import published_dataset_hash
 
 # A dataset version is written (staged), audited by the blocking check feature_expectations, then published
-# (it becomes current) only if the audit passed: write-audit-publish.
-STAGED, PUBLISHED, REJECTED, SUPERSEDED = "staged", "published", "rejected", "superseded"
+# (it becomes current) only if the audit passed: write-audit-publish (statuses STAGED, PUBLISHED, REJECTED,
+# SUPERSEDED).
 
 # Splits are drawn by hash, so their shares scatter binomially around the targets. A share more than
 # MAX_Z standard errors from its target (overall, or within one class) means the split is broken.
@@ -49,14 +50,16 @@ class FeaturesConfig(Config):
         AssetSpec(
             DATASET_VERSION,
             group_name=FEATURES,
-            kinds={"duckdb", "numpy"},
+            kinds={"duckdb", "lance"},
             deps=[IMAGES],
             description=(
-                "The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per "
-                "image from its content hash, stored as immutable shards named by the dataset hash. "
-                "`features.dataset_versions` records every version and `features.dataset_members` its images; "
-                "`features.dataset_index` lists the images with their splits. A new version is staged: "
-                "the blocking check feature_expectations publishes it (makes it current) only if it passes."
+                "The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per image from "
+                "its content hash, as versions named by their content hash in a Lance store per image size "
+                "(`datasets/lance-<size>/`): pixels stored once per image, each version a tagged version of its "
+                "members. A run takes in only the images cleaning changed since the head version "
+                "(`features.head`, its images in `features.members`); `features.dataset_versions` records every "
+                "version and `features.dataset_changes` what it changed. A new version is staged: the blocking "
+                "check feature_expectations publishes it (makes it current) only if it passes."
             ),
         ),
         AssetSpec(
@@ -65,139 +68,79 @@ class FeaturesConfig(Config):
             kinds={"duckdb", "pandas"},
             deps=[IMAGES],
             description=(
-                "Per-image statistics for monitoring and slicing: mean intensity, contrast, ink "
-                "fraction, edge energy, sharpness, centre of mass, bounding box, with source and batch."
+                "Per-image statistics for monitoring and slicing: mean intensity, contrast, ink fraction, edge "
+                "energy, sharpness, centre of mass, bounding box, with source and batch; computed once per image "
+                "and image size, when its pixels are first stored."
             ),
         ),
     ],
     pool=DUCKDB_POOL,
 )
 def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataLake, warehouse: Warehouse):
-    from dc_pipeline.core.data.cleaning import DECISION_COLUMNS, latest_decisions
-    from dc_pipeline.core.data.features import (
-        DatasetVersion,
-        canonical_array,
-        dataset_hash,
-        image_statistics,
-        split_of,
-        stratification_table,
-    )
+    from dc_pipeline.core.data.incremental_features import SplitSettings, write_features
     from dc_pipeline.core.provenance import code_version
-    from dc_pipeline.warehouse.io import append_rows, replace_rows, table_exists
 
-    with warehouse.get_connection() as conn:
-        images = conn.execute(
-            "SELECT image_id, sha256, label, source, batch_id, device_id FROM clean.images ORDER BY sha256"
-        ).df()
-        decisions = (
-            conn.execute("SELECT * FROM clean.review_decisions").df()
-            if table_exists(conn, "clean.review_decisions")
-            else pd.DataFrame()
-        )
-    if images.empty:
-        raise ValueError("clean.images is empty: nothing to build a dataset from")
-    # The curated dataset applies the latest reviewer decision per image; raw and clean rows stay as delivered.
-    applied = latest_decisions(decisions) if len(decisions) else pd.DataFrame(columns=DECISION_COLUMNS)
-    applied = applied[applied["sha256"].isin(images["sha256"])]
-    curation = images.merge(applied, on="sha256", how="inner", suffixes=("", "_review"))
-    relabel = dict(
-        zip(
-            applied.loc[applied.decision == "relabel", "sha256"],
-            applied.loc[applied.decision == "relabel", "new_label"],
-        )
+    settings = SplitSettings(config.image_size, config.split_salt, config.val_share, config.test_share)
+    run = write_features(
+        warehouse.get_connection,
+        lake.object_store(),
+        lake.datasets,
+        settings,
+        str(code_version()["label"]),
+        lake.relative,
+        log=context.log.info,
     )
-    images = images[~images["sha256"].isin(applied.loc[applied.decision == "exclude", "sha256"])].copy()
-    images["label"] = [int(relabel.get(s, lab)) for s, lab in zip(images["sha256"], images["label"])]
-    store = lake.object_store()
-    images["split"] = [split_of(s, config.split_salt, config.val_share, config.test_share) for s in images["sha256"]]
-    x = canonical_array([store.get(s) for s in images["sha256"]], config.image_size)
-    version_hash = dataset_hash(list(images["sha256"]), list(images["label"]), list(images["split"]))
-    version = DatasetVersion(lake.datasets, version_hash)
-    created = not version.exists()
-    version.write(images[["sha256", "image_id", "label", "split", "source", "batch_id"]], x)
-
-    stats = image_statistics(x)
-    stats.insert(0, "sha256", images["sha256"].to_numpy())
-    for col in ("image_id", "label", "split", "source", "batch_id", "device_id"):
-        stats[col] = images[col].to_numpy()
-    counts = images.groupby("split").size().reindex(["train", "val", "test"], fill_value=0)
-    per_class = images.groupby(["split", "label"]).size().unstack(fill_value=0)
-    now = datetime.now(UTC).replace(tzinfo=None)
-    record = pd.DataFrame(
-        [
-            {
-                "dataset_hash": version_hash,
-                "created_at": now,
-                "image_size": config.image_size,
-                "split_salt": config.split_salt,
-                "val_share": config.val_share,
-                "test_share": config.test_share,
-                "n_images": int(len(images)),
-                "n_train": int(counts["train"]),
-                "n_val": int(counts["val"]),
-                "n_test": int(counts["test"]),
-                "class_counts": json.dumps(
-                    {s: {str(k): int(v) for k, v in row.items()} for s, row in per_class.iterrows()}
-                ),
-                "upstream_batches": json.dumps(sorted(f"{a}/{b}" for a, b in set(zip(images.source, images.batch_id)))),
-                "path": lake.relative(version.folder),
-                "code_version": str(code_version()["label"]),
-                "is_current": False,
-                "relabelled": int((curation["decision"] == "relabel").sum()),
-                "excluded": int((curation["decision"] == "exclude").sum()),
-                "status": STAGED,
-            }
-        ]
+    if run.rebuild_reason:
+        context.log.info(f"membership rebuilt from all of clean.images: {run.rebuild_reason}")
+    change = (
+        f"+{run.added} -{run.removed} relabelled {run.relabelled}" if run.wrote_store else "no change the dataset sees"
     )
-    lineage = pd.DataFrame(
-        {
-            "dataset_hash": version_hash,
-            "sha256": curation["sha256"],
-            "image_id": curation["image_id"],
-            "delivered_label": curation["label"].astype(int),
-            "decision": curation["decision"].astype("string"),
-            "new_label": curation["new_label"].astype("Int64"),
-            "reviewer": curation["reviewer"].astype("string"),
-            "reason": curation["reason"].astype("string"),
-            "decided_at": curation["decided_at"],
-            "review_source": curation["source_review"].astype("string"),
-            "review_batch": curation["batch_id_review"].astype("string"),
-            "review_row": curation["row_number"].astype("Int64"),
-        }
-    )
-    key = {"dataset_hash": version_hash}
-    with warehouse.get_connection() as conn:  # one transaction: the version is staged whole or not at all
-        published = published_dataset_hash(conn) == version_hash
-        if not published:  # the published version stays published; any other is staged for its audit
-            conn.execute(f"DELETE FROM {T.DATASET_VERSIONS} WHERE dataset_hash = ?", [version_hash])
-            append_rows(conn, T.DATASET_VERSIONS, record)
-        if not conn.execute(
-            f"SELECT count(*) FROM {T.DATASET_MEMBERS} WHERE dataset_hash = ?", [version_hash]
-        ).fetchall()[0][0]:
-            append_rows(
-                conn, T.DATASET_MEMBERS, pd.DataFrame({"dataset_hash": version_hash, "sha256": images["sha256"]})
-            )
-        replace_rows(conn, T.DATASET_INDEX, version.index().assign(dataset_hash=version_hash), key)
-        replace_rows(conn, T.CURATION_LINEAGE, lineage, key)
-        replace_rows(conn, T.IMAGE_STATS, stats.assign(dataset_hash=version_hash), key)
-    context.log.info(f"dataset version {version_hash[:12]}: {dict(counts)} ({'new' if created else 'unchanged'})")
+    context.log.info(f"dataset version {run.dataset_hash[:12]} ({run.status}): {change}; {run.split_counts}")
+    counts = pd.Series(run.split_counts)
     yield MaterializeResult(
         asset_key=DATASET_VERSION,
         metadata={
-            "dataset_hash": version_hash,
-            "new_version": created,
-            "status": PUBLISHED if published else STAGED,
-            "path": MetadataValue.path(lake.relative(version.folder)),
-            "review_decisions_applied": MetadataValue.json(
-                {k: int(v) for k, v in curation["decision"].value_counts().items()}
-            ),
-            "dagster/row_count": int(len(images)),
+            "dataset_hash": run.dataset_hash,
+            "new_version": run.new_version,
+            "status": run.status or STAGED,
+            "parent_hash": run.parent_hash or "",
+            "rebuilt": run.rebuild_reason or "no: the changes since the head only",
+            "images_looked_at": run.touched,
+            "added": run.added,
+            "removed": run.removed,
+            "relabelled": run.relabelled,
+            "pixels_written": run.pixels_written,
+            "clean_seq": run.clean_seq,
+            "path": MetadataValue.path(run.store),
+            "review_decisions_applied": MetadataValue.json(run.decisions),
+            "dagster/row_count": run.n_images,
             "split_counts": counts_markdown(counts, "split"),
-            "class_share_per_split": MetadataValue.md(stratification_table(images).round(3).to_markdown()),
+            "class_share_per_split": MetadataValue.md(
+                class_shares(run.class_counts).round(3).to_markdown() if run.class_counts else "_none_"
+            ),
             "image_shape": f"{config.image_size}x{config.image_size}, 1 channel, float32 in [0, 1]",
         },
     )
-    yield MaterializeResult(asset_key=IMAGE_STATS, metadata=table_metadata(stats.round(4)))
+    yield MaterializeResult(
+        asset_key=IMAGE_STATS,
+        metadata={**table_metadata(run.stats.round(4)), "images_added": int(len(run.stats))},
+    )
+
+
+def class_counts_table(class_counts: dict) -> pd.DataFrame:
+    """Images per class (rows) and split (columns) from a version's recorded class counts."""
+    from dc_pipeline.core.data.features import SPLITS
+
+    table = pd.DataFrame(class_counts).fillna(0).astype("int64")
+    table = table.reindex(columns=list(SPLITS), fill_value=0)
+    table.index = table.index.astype("int64")
+    return table.sort_index().rename_axis("label")
+
+
+def class_shares(class_counts: dict) -> pd.DataFrame:
+    """Share of each class's images in each split (rows: label; columns: splits)."""
+    table = class_counts_table(class_counts)
+    return table.div(table.sum(axis=1).replace(0, 1), axis=0)
 
 
 @asset_check(
@@ -207,8 +150,10 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
     pool=DUCKDB_POOL,
     description=(
         "Blocking, and the gate of publication: Great Expectations on the dataset version just written "
-        "(staged): every pixel in [0, 1] and no NaN "
-        "(per-image min, max and NaN count), no image in two splits, split shares within "
+        "(staged): every pixel in [0, 1] and no NaN (per-image min, max and NaN count, recorded when the "
+        "pixels were stored) for each image the version added or relabelled (and any unaudited ancestor did; "
+        "every image of a version built whole), none of them twice in the version (an image keeps one "
+        "row, so one split), split shares within "
         f"{MAX_Z:g} binomial standard errors of their targets, overall and within each class "
         "(stratification), and every class present in every split. A model trained on a broken "
         "dataset version is wasted compute and a misleading evaluation. Only a pass publishes the version "
@@ -220,8 +165,14 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
 def feature_expectations(context: AssetCheckExecutionContext, lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
     with warehouse.get_connection() as conn:
         meta = version_to_audit(conn, staged_in_run(context))
+        try:
+            pixels, error = audit_pixels(lake, conn, meta), None
+        except Exception as exc:  # reported below, as a failed audit
+            pixels, error = None, exc
     try:
-        summaries = audit(lake, meta)
+        if error is not None:
+            raise error
+        summaries = audit(lake, meta, pixels)
         names = ("pixels", "split_sizes", "stratification", "classes_per_split")
         passed = all(s.success for s in summaries)
         failures = [
@@ -325,21 +276,28 @@ def publish_or_reject(conn, dataset_hash: str, passed: bool, failures: list[dict
                 [SUPERSEDED, STAGED, staged_at],
             )
             outcome = f"published (was {status}); it replaces {current[:12] if current else 'none'}"
+    # Versions of releases before 0.3 kept per-version rows; those of versions no longer in use go. Image
+    # statistics written per image (dataset_hash NULL) stay.
     keep = f"SELECT dataset_hash FROM {T.DATASET_VERSIONS} WHERE is_current OR status = '{STAGED}'"
     for table in (T.DATASET_INDEX, T.IMAGE_STATS, T.CURATION_LINEAGE):
-        conn.execute(f"DELETE FROM {table} WHERE dataset_hash IS NULL OR dataset_hash NOT IN ({keep})")
+        conn.execute(f"DELETE FROM {table} WHERE dataset_hash IS NOT NULL AND dataset_hash NOT IN ({keep})")
     return outcome
 
 
-def audit(lake: DataLake, meta: dict) -> list:
-    """The expectations of one dataset version, as GX validation summaries."""
+def audit_pixels(lake: DataLake, conn, meta: dict) -> pd.DataFrame:
+    """Per-image pixel figures (sha256, split, min, max, nan_count) of what the audit of ``meta`` covers: for a
+    Lance version, the images it (and any unaudited ancestor) added or relabelled, with their figures recorded
+    when their pixels were stored, one row per member occurrence; for an npy version of a release before 0.3,
+    every image, computed from its shards."""
     import numpy as np
 
-    from dc_pipeline.core.data.expectations import Expectation as E
-    from dc_pipeline.core.data.expectations import validate
-    from dc_pipeline.core.data.features import SPLITS, DatasetVersion, stratification_table
+    from dc_pipeline.core.data.dataset_store import open_version
+    from dc_pipeline.core.data.features import SPLITS
+    from dc_pipeline.core.data.incremental_features import audit_rows
 
-    version = DatasetVersion(lake.datasets, meta["dataset_hash"])
+    if meta.get("format") == "lance":
+        return audit_rows(conn, lake.datasets, meta)
+    version = open_version(lake.datasets, meta["dataset_hash"])
     index = version.index()
     per_image = []
     for split in SPLITS:
@@ -357,6 +315,19 @@ def audit(lake: DataLake, meta: dict) -> list:
         )
     pixels = pd.concat(per_image, ignore_index=True)
     pixels["sha256"] = index["sha256"].to_numpy()
+    return pixels
+
+
+def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame) -> list:
+    """The expectations of one dataset version, as GX validation summaries: the pixel figures of ``pixels``,
+    split shares, stratification and classes per split from the version's class counts (O(classes))."""
+    import numpy as np
+
+    from dc_pipeline.core.data.expectations import Expectation as E
+    from dc_pipeline.core.data.expectations import validate
+    from dc_pipeline.core.data.features import SPLITS
+
+    counts = class_counts_table(json.loads(meta["class_counts"]) if meta.get("class_counts") else {})
     targets = {
         "train": 1 - meta["val_share"] - meta["test_share"],
         "val": meta["val_share"],
@@ -366,11 +337,15 @@ def audit(lake: DataLake, meta: dict) -> list:
     def z(share: float, target: float, n: int) -> float:
         return abs(share - target) / float(np.sqrt(target * (1 - target) / max(n, 1)))
 
-    shares = index["split"].value_counts(normalize=True)
+    total = int(counts.to_numpy().sum())
+    per_split = counts.sum(axis=0)
     split_frame = pd.DataFrame(
-        {"split": list(targets), "z": [z(shares.get(s, 0.0), t, len(index)) for s, t in targets.items()]}
+        {"split": list(targets), "z": [z(per_split.get(s, 0) / max(total, 1), t, total) for s, t in targets.items()]}
     )
-    strat, per_class = stratification_table(index), index["label"].value_counts()
+    strat, per_class = (
+        class_shares(json.loads(meta["class_counts"]) if meta.get("class_counts") else {}),
+        counts.sum(axis=1),
+    )
     strat_dev = pd.DataFrame(
         {
             "label": strat.index.astype(str),
@@ -378,10 +353,10 @@ def audit(lake: DataLake, meta: dict) -> list:
         }
     )
     classes = lake.contracts().project.classes
-    present = index.groupby("split")["label"].nunique().reindex(list(SPLITS), fill_value=0)
+    present = (counts > 0).sum(axis=0).reindex(list(SPLITS), fill_value=0)
     summaries = [
         validate(
-            pixels,
+            pixels[["sha256", "split", "min", "max", "nan_count"]],
             [
                 E("ExpectColumnValuesToBeBetween", column="min", min_value=0.0, max_value=1.0),
                 E("ExpectColumnValuesToBeBetween", column="max", min_value=0.0, max_value=1.0),

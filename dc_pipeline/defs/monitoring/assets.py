@@ -111,7 +111,8 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
 
     import pandas as pd
 
-    from dc_pipeline.core.data.features import DatasetVersion, image_statistics
+    from dc_pipeline.core.data.dataset_store import open_version
+    from dc_pipeline.core.data.features import image_statistics
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.core.monitoring.drift import drift_plots, drift_report
     from dc_pipeline.core.plots import markdown_image
@@ -132,7 +133,7 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
         ).fetchone()
     if rows.empty:
         return MaterializeResult(metadata={"verdict": "not evaluated", "reason": "no accepted images in this batch"})
-    version = DatasetVersion(lake.datasets, champion.record["dataset_hash"])
+    version = open_version(lake.datasets, champion.record["dataset_hash"])
     (x_ref, y_ref), (x_test, y_test) = version.split("train"), version.split("test")
     index = version.index()
     ref_sources = index[index.split == "train"].sort_values("position")["source"].to_numpy()

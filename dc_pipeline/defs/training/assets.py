@@ -79,7 +79,7 @@ def build_model_asset(kind: str):
     def model(context: AssetExecutionContext, config: TrainingConfig, lake: DataLake, warehouse: Warehouse):
         import pandas as pd
 
-        from dc_pipeline.core.data.features import DatasetVersion
+        from dc_pipeline.core.data.dataset_store import open_version
         from dc_pipeline.core.ml.inference import class_index
         from dc_pipeline.core.ml.registry import Registry
         from dc_pipeline.core.ml.training import train
@@ -90,8 +90,8 @@ def build_model_asset(kind: str):
         classes = list(lake.contracts().project.classes)
         with warehouse.get_connection() as conn:
             meta = current_version(conn)
-        version = DatasetVersion(lake.datasets, meta["dataset_hash"])
-        (x, y), (xv, yv) = version.split("train"), version.split("val")
+        version = open_version(lake.datasets, meta["dataset_hash"])
+        train_split, val_split = version.reader("train"), version.reader("val")  # minibatches taken by index
 
         def log_epoch(h: dict) -> None:
             context.log.info(
@@ -100,7 +100,15 @@ def build_model_asset(kind: str):
             )
 
         cfg = train_config(config, len(classes))
-        result = train(x, class_index(y, classes), xv, class_index(yv, classes), cfg, mode=kind, on_epoch=log_epoch)
+        result = train(
+            train_split,
+            class_index(train_split.labels, classes),
+            val_split,
+            class_index(val_split.labels, classes),
+            cfg,
+            mode=kind,
+            on_epoch=log_epoch,
+        )
         code = code_version()
         spec = {**result.model_kwargs, "classes": classes, "preprocessing": "grayscale, bilinear resize, /255"}
         with warehouse.get_connection() as conn:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from dc_pipeline.core.data.contracts import Contracts, check_timestamp, normalize_label
-from dc_pipeline.core.data.images import ImageRejected, ObjectStore, inspect_image
+from dc_pipeline.core.data.images import ImageRejected, ObjectStore
 
 IMAGE_COLUMNS = [
     "image_id",
@@ -159,6 +159,16 @@ def _quarantine_row(row: dict, reason: str, detail: str) -> dict:
     return {**{k: row.get(k) for k in QUARANTINE_COLUMNS}, "reason": reason, "detail": detail}
 
 
+def _decode(shas: list[str], store: ObjectStore, project) -> dict[str, object]:
+    """Each image decoded once (on every core for a large batch): sha256 -> ``DecodedImage`` or
+    ``ImageRejected``."""
+    from dc_pipeline.core.data.images import inspect_stored
+    from dc_pipeline.core.parallel import map_chunks
+
+    unique = sorted(set(shas))
+    return dict(zip(unique, [r for part in map_chunks(inspect_stored, unique, str(store.root), project) for r in part]))
+
+
 def validate_images(
     raw: pd.DataFrame,
     contracts: Contracts,
@@ -167,11 +177,11 @@ def validate_images(
     now: datetime | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-record checks, which need nothing but the record, its batch and its image: ``(candidates,
-    quarantine)``. Each image is read and decoded once per call."""
+    quarantine)``. The record checks come first; each image of a record that passed them is then read and
+    decoded once."""
     project = contracts.project
     quarantine: list[dict] = []
-    candidates: list[dict] = []
-    decoded: dict[str, object] = {}
+    passed: list[tuple[dict, int, datetime]] = []
     for row in raw.sort_values(["source", "batch_id", "row_number"]).to_dict("records"):
         key = (row["source"], row["batch_id"])
         if key in blocked_batches:
@@ -199,13 +209,11 @@ def validate_images(
             detail = _timestamp_detail(row.get("captured_raw"), ts, why, contract, project)
             quarantine.append(_quarantine_row(row, why, detail))
             continue
-        sha = row["image_sha256"]
-        if sha not in decoded:
-            try:
-                decoded[sha] = inspect_image(store.get(sha), project)
-            except ImageRejected as exc:
-                decoded[sha] = exc
-        info = decoded[sha]
+        passed.append((row, label, ts))
+    decoded = _decode([row["image_sha256"] for row, _, _ in passed], store, project)
+    candidates: list[dict] = []
+    for row, label, ts in passed:
+        info = decoded[row["image_sha256"]]
         if isinstance(info, ImageRejected):
             quarantine.append(_quarantine_row(row, info.reason, info.detail))
             continue
@@ -220,9 +228,10 @@ def validate_images(
                 "mode": info.mode,
             }
         )
+    q = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
     return (
         pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS),
-        pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS),
+        q.sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True),
     )
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,9 @@ class ImageRejected(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # pickled back from a decoding worker process
+        return (ImageRejected, (self.reason, self.detail))
+
 
 def inspect_image(data: bytes, project: ProjectSpec) -> DecodedImage:
     """Decode fully and validate format, size and mode; raises ``ImageRejected`` with a reason code."""
@@ -142,3 +146,24 @@ def to_grayscale_array(data: bytes, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def inspect_stored(shas: Sequence[str], root: str, project: ProjectSpec) -> list[DecodedImage | ImageRejected]:
+    """``inspect_image`` of stored objects (read from the store at ``root``), one result per sha256: what a
+    worker process runs on its chunk of a batch."""
+    store = ObjectStore(root)
+    out: list[DecodedImage | ImageRejected] = []
+    for sha in shas:
+        try:
+            out.append(inspect_image(store.get(sha), project))
+        except ImageRejected as exc:
+            out.append(exc)
+    return out
+
+
+def canonical_stored(shas: Sequence[str], root: str, size: int) -> np.ndarray:
+    """Canonical arrays ``[n, size, size]`` of stored objects: a worker process's chunk of a batch."""
+    store = ObjectStore(root)
+    if not len(shas):
+        return np.zeros((0, size, size), np.float32)
+    return np.stack([to_grayscale_array(store.get(s), size) for s in shas])

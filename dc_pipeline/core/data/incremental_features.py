@@ -180,9 +180,15 @@ def _decision_counts(conn) -> dict[str, int]:
 
 
 def _load_pixels(objects, size: int) -> Callable[[list[str]], np.ndarray]:
-    from dc_pipeline.core.data.features import canonical_array
+    """Canonical arrays of stored images, decoded on every core for a large batch."""
+    from dc_pipeline.core.data.images import canonical_stored
+    from dc_pipeline.core.parallel import map_chunks
 
-    return lambda shas: canonical_array([objects.get(s) for s in shas], size)
+    def load(shas: list[str]) -> np.ndarray:
+        parts = map_chunks(canonical_stored, list(shas), str(objects.root), size)
+        return np.concatenate(parts) if parts else np.zeros((0, size, size), np.float32)
+
+    return load
 
 
 def _pixel_figures(x: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,8 +2,10 @@
 
 import json
 
+import lance
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dc_pipeline.core.data.dataset_store import content_sum, open_version, version_hash
@@ -92,15 +94,36 @@ def test_splits_survive_growth_and_the_check_catches_a_broken_version(pipeline):
     assert gone and gone <= set(conflicts.image_sha256)
     versions = pipeline.sql("SELECT dataset_hash, is_current FROM features.dataset_versions")
     assert len(versions) == 2 and versions.is_current.sum() == 1
-    # Break the pixel figures of two images the current version added: the blocking check must fail.
+    # Corrupt the stored pixels of two images the current version added (one gets a NaN, one a value of 3):
+    # the blocking check reads them back and must fail.
     current = versions[versions.is_current].dataset_hash.item()
     added = pipeline.sql(
         "SELECT sha256 FROM features.dataset_changes WHERE dataset_hash = ? AND change = 'added' ORDER BY sha256",
         [current],
     ).sha256.tolist()
+    pixels_uri = str(pipeline.data / "datasets" / "lance-28" / "pixels.lance")
+    stored = lance.dataset(pixels_uri)
+    end = stored.count_rows()
+    bad = (
+        np.asarray(stored.take([0, 1], columns=["pixels"]).column("pixels").combine_chunks().flatten())
+        .reshape(2, -1)
+        .copy()
+    )
+    bad[0, 5], bad[1, 7] = np.nan, 3.0
+    lance.write_dataset(
+        pa.table(
+            {
+                "sha256": pa.array(added[:2], pa.string()),
+                "pixels": pa.FixedSizeListArray.from_arrays(pa.array(bad.reshape(-1), pa.float32()), bad.shape[1]),
+            },
+            schema=stored.schema,
+        ),
+        pixels_uri,
+        mode="append",
+    )
     with connect(pipeline.data / "warehouse.duckdb", pipeline.data) as conn:
-        conn.execute("UPDATE features.pixel_rows SET nan_count = 1 WHERE sha256 = ?", [added[0]])
-        conn.execute("UPDATE features.pixel_rows SET max = 3.0 WHERE sha256 = ?", [added[1]])
+        conn.execute("UPDATE features.pixel_rows SET row = ? WHERE sha256 = ?", [end, added[0]])
+        conn.execute("UPDATE features.pixel_rows SET row = ? WHERE sha256 = ?", [end + 1, added[1]])
     rerun = pipeline.refresh_data()  # nothing changed: the same version is audited again
     assert not rerun.success
     evaluation = next(e for e in rerun.get_asset_check_evaluations() if e.check_name == "feature_expectations")

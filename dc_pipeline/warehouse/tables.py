@@ -249,8 +249,8 @@ TABLES: tuple[Table, ...] = (
             "written_at TIMESTAMP",
             since=5,
         ),
-        "Where each image's canonical pixels are in the append-only pixel store of its size, with the "
-        "figures the feature audit checks (written once, as the store never changes a row).",
+        "Where each image's canonical pixels are in the append-only pixel store of its size, with their "
+        "figures when written (the feature audit reads the pixels back and checks them as stored).",
         since=5,
     ),
     Table(

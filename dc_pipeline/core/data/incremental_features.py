@@ -513,8 +513,9 @@ def audit_scope(conn, meta: dict, max_chain: int = 1000) -> list[str] | None:
 
 def audit_rows(conn, datasets_root: str | Path, meta: dict) -> pd.DataFrame:
     """One row per member occurrence of the images the audit of Lance version ``meta`` covers (see
-    ``audit_scope``): sha256, split and the pixel figures recorded when the pixels were written (NaN when none
-    were). A sha256 that occurs twice is an image in two rows of the version."""
+    ``audit_scope``): sha256, split and the pixel figures (min, max, NaN count) of the pixels as they are
+    stored now, read back from the pixel store (NaN when an image has no pixels). A sha256 that occurs
+    twice is an image in two rows of the version."""
     from dc_pipeline.core.data.dataset_store import open_version
 
     scope = audit_scope(conn, meta)
@@ -522,9 +523,7 @@ def audit_rows(conn, datasets_root: str | Path, meta: dict) -> pd.DataFrame:
     head = read_head(conn)
     if scope is None:
         members = open_version(datasets_root, meta["dataset_hash"]).index()[["sha256", "split"]]
-        figures = conn.execute(
-            f"SELECT sha256, min, max, nan_count FROM {T.PIXEL_ROWS} WHERE image_size = ?", [size]
-        ).df()
+        figures = conn.execute(f"SELECT sha256, row FROM {T.PIXEL_ROWS} WHERE image_size = ?", [size]).df()
     else:
         shas = conn.execute(
             f"SELECT DISTINCT sha256 FROM {T.DATASET_CHANGES} WHERE change IN ('added', 'relabelled') "
@@ -538,7 +537,29 @@ def audit_rows(conn, datasets_root: str | Path, meta: dict) -> pd.DataFrame:
             index = version.index()
             members = index.loc[index["sha256"].isin(set(shas)), ["sha256", "split"]]
         figures = select_in(
-            conn, f"SELECT sha256, min, max, nan_count FROM {T.PIXEL_ROWS} WHERE image_size = ?", "sha256", shas, [size]
+            conn, f"SELECT sha256, row FROM {T.PIXEL_ROWS} WHERE image_size = ?", "sha256", shas, [size]
         )
-    figures = figures.drop_duplicates("sha256")
+    figures = stored_figures(DatasetStore(datasets_root, size), figures.drop_duplicates("sha256"))
     return members.merge(figures, on="sha256", how="left").reset_index(drop=True)
+
+
+def stored_figures(store, rows: pd.DataFrame, chunk: int = 16384) -> pd.DataFrame:
+    """Per image of ``rows`` (sha256, row): min, max and NaN count of its pixels read back from the store,
+    ``chunk`` images at a time."""
+    parts = []
+    for lo in range(0, len(rows), chunk):
+        part = rows.iloc[lo : lo + chunk]
+        flat = store.pixels(part["row"].to_numpy(np.int64)).reshape(len(part), -1)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sha256": part["sha256"].to_numpy(),
+                    "min": flat.min(axis=1, initial=np.inf),
+                    "max": flat.max(axis=1, initial=-np.inf),
+                    "nan_count": np.isnan(flat).sum(axis=1),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=["sha256", "min", "max", "nan_count"])
+    return pd.concat(parts, ignore_index=True)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     alert_webhook: str | None = Field(
         default=None, description="URL that failed runs are POSTed to (DC_ALERT_WEBHOOK)."
     )
+    decode_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes that decode a large batch (DC_DECODE_WORKERS); default: the cores this process "
+        "may use; 1: decode in the step's own process.",
+    )
 
     @property
     def warehouse_path(self) -> Path:

@@ -18,12 +18,11 @@ def test_worker_processes_decode_exactly_as_one_process(tmp_path, monkeypatch):
     serial_x = canonical_stored(shas[:-1], str(store.root), 28)
 
     monkeypatch.setattr(parallel, "MIN_PARALLEL", 2)
-    monkeypatch.setenv("DC_DECODE_WORKERS", "2")
-    parts = parallel.map_chunks(inspect_stored, shas, str(store.root), project)
+    parts = parallel.map_chunks(inspect_stored, shas, str(store.root), project, processes=2)
     assert len(parts) == 2  # two chunks, one per worker process
     info = [r for part in parts for r in part]
     assert [getattr(r, "reason", None) for r in info] == [getattr(r, "reason", None) for r in serial_info]
     assert isinstance(info[-1], ImageRejected) and info[-1].reason == "undecodable_image"
     assert [(r.width, r.height, r.mode) for r in info[:-1]] == [(r.width, r.height, r.mode) for r in serial_info[:-1]]
-    x = np.concatenate(parallel.map_chunks(canonical_stored, shas[:-1], str(store.root), 28))
+    x = np.concatenate(parallel.map_chunks(canonical_stored, shas[:-1], str(store.root), 28, processes=2))
     assert np.array_equal(x, serial_x)

@@ -18,10 +18,12 @@ _POOL: dict[str, Any] = {}
 
 
 def workers() -> int:
-    """Worker processes: the cores this process may run on (``DC_DECODE_WORKERS`` overrides; 1 = none)."""
-    override = os.environ.get("DC_DECODE_WORKERS")
-    if override:
-        return max(int(override), 1)
+    """Worker processes: the settings' ``decode_workers``, else the cores this process may run on."""
+    from dc_pipeline.settings import get_settings
+
+    configured = get_settings().decode_workers
+    if configured:
+        return configured
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not Linux
@@ -40,10 +42,11 @@ def _pool(n: int):
     return _POOL["pool"]
 
 
-def map_chunks(fn: Callable, items: Sequence, *args) -> list:
-    """``[fn(chunk, *args) for chunk in chunks of items]``, the chunks in order; in worker processes when
-    ``items`` is large enough. ``fn`` must be a module-level function (it is pickled by name)."""
-    n = workers()
+def map_chunks(fn: Callable, items: Sequence, *args, processes: int | None = None) -> list:
+    """``[fn(chunk, *args) for chunk in chunks of items]``, the chunks in order; in ``processes`` (default
+    ``workers()``) worker processes when ``items`` is large enough. ``fn`` must be a module-level function
+    (it is pickled by name)."""
+    n = processes or workers()
     if n <= 1 or len(items) < MIN_PARALLEL:
         return [fn(items, *args)] if len(items) else []
     size = -(-len(items) // n)

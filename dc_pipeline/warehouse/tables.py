@@ -205,7 +205,8 @@ TABLES: tuple[Table, ...] = (
         T.DATASET_MEMBERS,
         _FEATURES,
         _cols("dataset_hash VARCHAR, sha256 VARCHAR"),
-        "The images of every dataset version.",
+        "The images of every npy dataset version of releases before 0.3 (Lance versions hold their own "
+        "membership; nothing writes this table now, retention deletes a pruned version's rows).",
     ),
     Table(
         T.DATASET_INDEX,
@@ -215,8 +216,8 @@ TABLES: tuple[Table, ...] = (
             "position BIGINT"
         )
         + _cols("dataset_hash VARCHAR", since=4),
-        "The images of the published dataset version (and of a staged one under audit) with their splits; "
-        "read the published one's (``warehouse.queries.published_rows``).",
+        "The images of npy dataset versions of releases before 0.3, with their splits (a Lance version's "
+        "index comes from its store: ``open_version(...).index()``); not written since 0.3.",
     ),
     Table(
         T.CURATION_LINEAGE,
@@ -226,7 +227,8 @@ TABLES: tuple[Table, ...] = (
             "new_label BIGINT, reviewer VARCHAR, reason VARCHAR, decided_at TIMESTAMP, review_source VARCHAR, "
             "review_batch VARCHAR, review_row BIGINT"
         ),
-        "Which decision changed which image in the published version (and a staged one under audit).",
+        "Which decision changed which image, for npy dataset versions of releases before 0.3 (Lance versions "
+        "record it in features.dataset_changes); not written since 0.3.",
     ),
     Table(
         T.IMAGE_STATS,

@@ -61,6 +61,7 @@ CHAMPION = AssetKey([REGISTRY, "champion"])
 OVERVIEW = AssetKey([MONITORING, "overview"])
 LABEL_ISSUES = AssetKey([CURATION, "label_issues"])
 SLICE_ANALYSIS = AssetKey([CURATION, "slice_analysis"])
+LABELLING_QUEUE = AssetKey([CURATION, "labelling_queue"])
 
 # -- jobs --------------------------------------------------------------------------------------------------
 RETRAIN_JOB = "retrain"
@@ -120,6 +121,12 @@ class T:
     DRIFT_VERDICTS = "monitoring.drift_verdicts"
     REVIEW_QUEUE = "curation.review_queue"
     SLICES = "curation.slices"
+    LABELLING_QUEUE = "curation.labelling_queue"
+    FINGERPRINTS = "features.fingerprints"
+    NEAR_DUPLICATES = "features.near_duplicates"
+    NEAR_DUPLICATE_GROUPS = "features.near_duplicate_groups"
+    QUALITY_ISSUES = "features.quality_issues"
+    OUTLIERS = "features.outliers"
     RUN_FAILURES = "main.run_failures"  # in the alerts file, not the warehouse
 
 

@@ -40,9 +40,29 @@ def cmd_materialize(args, s: Settings) -> int:
 
 def cmd_demo_batch(args, s: Settings) -> int:
     from dc_pipeline.demo.batches import write_demo_batch
+    from dc_pipeline.demo.landing import PRODUCTION_SOURCE
 
-    path = write_demo_batch(s.data_dir / "landing", args.source, args.n, args.drift, args.seed, args.batch_id)
-    print(f"wrote {path} ({args.n} images, drift {args.drift}); the landing sensor picks it up")
+    if args.unlabelled and args.source not in (None, PRODUCTION_SOURCE):
+        print(f"--unlabelled delivers to the `{PRODUCTION_SOURCE}` source; leave --source out", file=sys.stderr)
+        return 2
+    if not args.unlabelled and args.source is None:
+        print("name a --source, or deliver unlabelled production traffic with --unlabelled", file=sys.stderr)
+        return 2
+    source = PRODUCTION_SOURCE if args.unlabelled else args.source
+    path = write_demo_batch(s.data_dir / "landing", source, args.n, args.drift, args.seed, args.batch_id)
+    what = "unlabelled images" if source == PRODUCTION_SOURCE else "images"
+    print(f"wrote {path} ({args.n} {what}, drift {args.drift}); the landing sensor picks it up")
+    return 0
+
+
+def cmd_simulate_labelling(args, s: Settings) -> int:
+    from dc_pipeline.ops.review import simulate_labelling
+
+    path, counts = simulate_labelling(s.data_dir, args.top, args.batch_id, s.warehouse_path)
+    if path is None:
+        print(f"nothing to answer: {counts}")
+        return 0
+    print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
     return 0
 
 
@@ -127,7 +147,13 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("demo-batch", help="write one new complete demo batch (from held-out digits) with a drift")
-    p.add_argument("--source", required=True, choices=_image_sources(s))
+    p.add_argument("--source", choices=_image_sources(s))
+    p.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="deliver unlabelled production traffic (the `production` source); the true digits are kept aside "
+        "for simulate-labelling",
+    )
     p.add_argument("--n", type=int, default=200, help="images in the batch")
     p.add_argument("--drift", default="none", choices=DRIFT_KINDS)
     p.add_argument("--seed", type=int, default=0)
@@ -142,6 +168,15 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=0, help="review only the top N of the queue (default: all)")
     p.add_argument("--batch-id", help="default: derived from the time")
     p.set_defaults(func=cmd_simulate_review)
+
+    p = sub.add_parser(
+        "simulate-labelling",
+        help="answer the labelling queue (images active learning picked) from the demo's withheld digits, as a "
+        "labeller would, and deliver the labels as a reviews batch",
+    )
+    p.add_argument("--top", type=int, default=0, help="label only the top N open items (default: all)")
+    p.add_argument("--batch-id", help="default: derived from the time")
+    p.set_defaults(func=cmd_simulate_labelling)
 
     p = sub.add_parser("reproduce", help="retrain a registered model version and compare the weights' sha256")
     p.add_argument("version", help="a version id, or champion / challenger")

@@ -15,6 +15,8 @@ from dc_pipeline.catalog import T, contract_sources
 from dc_pipeline.core.data.contracts import source_kinds
 from dc_pipeline.core.data.incremental_cleaning import clean_pending, rebuild
 from dc_pipeline.core.data.manifests import SUCCESS_MARKER
+from dc_pipeline.demo.batches import write_demo_batch
+from dc_pipeline.demo.landing import PRODUCTION_SOURCE
 from dc_pipeline_tests.conftest import make_pipeline
 
 TABLES = {
@@ -88,6 +90,7 @@ def delivered(tmp_path_factory):
     """Every demo batch plus the cross-batch ones, through raw ingestion and its batch checks only."""
     p = make_pipeline(tmp_path_factory.mktemp("incremental"))
     p.shas = add_cross_batch_deliveries(p.landing)
+    write_demo_batch(p.landing, PRODUCTION_SOURCE, n=40, drift="none", seed=1, batch_id="unlabelled-1")
     p.batches = []
     for source in contract_sources():
         for batch in sorted(x.name for x in (p.landing / source).iterdir()):

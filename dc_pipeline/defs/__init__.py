@@ -21,13 +21,14 @@ warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions
 def build_definitions(resources: dict | None = None) -> Definitions:
     """Every asset, check, job, sensor and schedule; one raw asset (and scoring and drift asset) per source
     contract, read when the code location loads. ``resources`` default to the settings' (``build_resources``)."""
-    from dc_pipeline.core.data.contracts import source_kinds
+    from dc_pipeline.core.data.contracts import source_kinds, unlabelled_sources
     from dc_pipeline.defs.augmentation import assets as augmentation
     from dc_pipeline.defs.automation import schedules, sensors
     from dc_pipeline.defs.clean.assets import build_cleaning
     from dc_pipeline.defs.curation import assets as curation
     from dc_pipeline.defs.evaluation import assets as evaluation
     from dc_pipeline.defs.features import assets as features
+    from dc_pipeline.defs.features import data_issues
     from dc_pipeline.defs.features.retention import prune_dataset_versions
     from dc_pipeline.defs.jobs import ingestion_jobs, pipeline_jobs
     from dc_pipeline.defs.monitoring.assets import build_drift, overview
@@ -42,13 +43,16 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     images = [s for s, k in kinds.items() if k == "images"]
     reviews = [s for s, k in kinds.items() if k == "reviews"]
     sources = sorted(kinds)
-    ingest_jobs = ingestion_jobs(images, reviews)
+    ingest_jobs = ingestion_jobs(images, reviews, unlabelled_sources(Path(resources["lake"].contracts_dir)))
     return Definitions(
         assets=[
             *[d for s in sources for d in build_ingestion(s)],
             *build_cleaning(images, reviews),
             features.features,
             features.feature_expectations,
+            data_issues.near_duplicates,
+            data_issues.image_quality,
+            data_issues.outliers,
             augmentation.augmented_samples,
             augmentation.label_preservation,
             training.baseline_model,
@@ -62,6 +66,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
             overview,
             curation.label_issues,
             curation.slice_analysis,
+            curation.labelling_queue,
         ],
         jobs=[*ingest_jobs, *pipeline_jobs(), prune_dataset_versions],
         sensors=[

@@ -5,6 +5,7 @@ from dagster import AssetSelection, define_asset_job
 from dc_pipeline.catalog import (
     CURATION,
     DATA_GROUPS,
+    LABELLING_QUEUE,
     MODEL_GROUPS,
     OVERVIEW,
     REFRESH_JOB,
@@ -18,17 +19,21 @@ from dc_pipeline.catalog import (
 )
 
 
-def ingestion_jobs(sources: list[str], review_sources: list[str] = ()) -> list:
+def ingestion_jobs(sources: list[str], review_sources: list[str] = (), unlabelled_sources: list[str] = ()) -> list:
     """Per source, one partitioned job for a landing batch: its raw asset and batch checks, then cleaning
-    and features over all accepted data, then (for image sources) the batch's scores and drift report."""
+    and features over all accepted data, then (for image sources) the batch's scores and drift report, and
+    for sources that deliver unlabelled images, the labelling queue (active learning)."""
     jobs = [
         define_asset_job(
             ingest_job_name(s),
-            selection=AssetSelection.assets(raw_key(s), scores_key(s), drift_key(s))
+            selection=AssetSelection.assets(
+                raw_key(s), scores_key(s), drift_key(s), *([LABELLING_QUEUE] if s in unlabelled_sources else [])
+            )
             | AssetSelection.groups(*DATA_GROUPS),
             partitions_def=batches_of(s),
             description=f"Ingest one landing batch of `{s}`, refresh clean data and features, score the batch and "
-            "report its drift.",
+            "report its drift"
+            + (", and top up the labelling queue (its images arrive unlabelled)." if s in unlabelled_sources else "."),
         )
         for s in sources
     ]

@@ -28,6 +28,8 @@ from scipy import ndimage
 
 from dc_pipeline.demo.landing import (
     DIGIT_WORDS,
+    PRODUCTION_SOURCE,
+    UNLABELLED_TRUTH,
     WRITERS,
     Digit,
     _finish,
@@ -49,6 +51,7 @@ SCHEMA_RENAMES = {
     "field_app": ("captured_at", "capture_time"),
     "partner_api": ("ts", "timestamp"),
     "legacy_erp": ("CREATED", "CREATED_ON"),
+    "production": ("captured_at", "capture_time"),
 }
 # Record numbers of new batches start here; the initial batches use 1..~1400.
 RECORD_BASE = 100_000
@@ -129,6 +132,8 @@ def _apply_schema_drift(source: str, rec: dict, drift: str) -> None:
     elif drift == "schema_type":
         if source == "field_app":  # the contract wants integer labels
             rec["label"] = DIGIT_WORDS[int(rec["label"])]
+        elif source == "production":  # the contract wants ISO 8601 text
+            rec["captured_at"] = int(datetime.fromisoformat(rec["captured_at"]).timestamp())
         elif source == "partner_api":  # the contract wants epoch milliseconds
             rec["ts"] = datetime.fromtimestamp(rec["ts"] / 1000, tz=UTC).isoformat(timespec="seconds")
         else:  # the contract wants integer record ids
@@ -220,4 +225,23 @@ def write_demo_batch(
         _write_legacy_erp_drifted(batch_dir, records, drift)
     else:
         WRITERS[source](batch_dir, records)
+    if source == PRODUCTION_SOURCE:
+        record_unlabelled_truth(Path(landing).parent / "demo" / UNLABELLED_TRUTH, batch_id, records)
     return batch_dir
+
+
+def record_unlabelled_truth(path: Path, batch_id: str, records: list[dict]) -> None:
+    """Append the withheld digits of an unlabelled batch (what the simulated labeller answers from)."""
+    import pandas as pd
+
+    _, labels = _digits()
+    rows = pd.DataFrame(
+        {
+            "source": PRODUCTION_SOURCE,
+            "batch_id": batch_id,
+            "record_id": [str(r["frame_id"]) for r in records],
+            "true_label": [int(labels[r["_digit_index"]]) for r in records],
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, mode="a", header=not path.exists(), index=False)

@@ -40,6 +40,7 @@ FAULTS = {
     "truncated_png": "undecodable_image",
     "missing_file": "missing_image_file",
     "duplicate_id_different_label": "conflicting_record_id",
+    "near_duplicate": "kept as its own image, grouped with its original as a near-duplicate (same split)",
 }
 
 
@@ -120,7 +121,25 @@ def write_legacy_erp(batch_dir: Path, records: list[dict]) -> None:
     _finish(batch_dir)
 
 
-WRITERS = {"field_app": write_field_app, "partner_api": write_partner_api, "legacy_erp": write_legacy_erp}
+def write_production(batch_dir: Path, records: list[dict]) -> None:
+    (batch_dir / "frames").mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        (batch_dir / rec["file"]).write_bytes(rec["_image"])
+    pd.DataFrame([{k: v for k, v in rec.items() if not k.startswith("_")} for rec in records]).to_csv(
+        batch_dir / "manifest.csv", index=False
+    )
+    _finish(batch_dir)
+
+
+PRODUCTION_SOURCE = "production"
+"""The demo's unlabelled source: the deployed model's inputs; the true digits go to ``UNLABELLED_TRUTH``."""
+UNLABELLED_TRUTH = "unlabelled_truth.csv"
+WRITERS = {
+    "field_app": write_field_app,
+    "partner_api": write_partner_api,
+    "legacy_erp": write_legacy_erp,
+    PRODUCTION_SOURCE: write_production,
+}
 
 
 def to_source_record(
@@ -156,15 +175,24 @@ def to_source_record(
             "CREATED": captured.strftime("%d/%m/%Y"),
             "_image": None,
         }
+    if source == PRODUCTION_SOURCE:  # no label column: the label is withheld, whatever ``label`` says
+        return {
+            "frame_id": f"pr-{rid:06d}",
+            "file": f"frames/pr-{rid:06d}.png",
+            "captured_at": captured.isoformat(timespec="seconds"),
+            "camera_id": f"cam-{int(rng.integers(1, 4)):02d}",
+            "_image": png_bytes(digit.pixels),
+        }
     raise ValueError(f"unknown demo source {source!r}")
 
 
 def image_key(source: str) -> str:
-    return {"field_app": "_image", "partner_api": "_image", "legacy_erp": "IMG"}[source]
+    return {"field_app": "_image", "partner_api": "_image", "legacy_erp": "IMG", PRODUCTION_SOURCE: "_image"}[source]
 
 
 def record_id_of(source: str, rec: dict) -> str:
-    return str(rec[{"field_app": "image_id", "partner_api": "id", "legacy_erp": "RECORD_ID"}[source]])
+    key = {"field_app": "image_id", "partner_api": "id", "legacy_erp": "RECORD_ID", PRODUCTION_SOURCE: "frame_id"}
+    return str(rec[key[source]])
 
 
 def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
@@ -282,6 +310,19 @@ def write_demo_landing(landing: str | Path, seed: int = 7) -> dict[str, int]:
         mark("legacy_erp", "batch-0001", twin, fault)
         if conflict:
             faults[-1]["expected"] = faults[-2]["expected"] = "label_conflict"
+
+    # Near-duplicates: field_app digits delivered again by the partner, upsampled to 16x16 RGB with a little
+    # noise (another sha256, the same picture): without the split guard they could land in train and test.
+    for rec in fresh(fa2, 8):
+        d = rec["_digit"]
+        noisy = np.clip(d.pixels.astype(np.int16) + rng.integers(-3, 4, size=d.pixels.shape), 0, 255)
+        twin = to_source_record(
+            "partner_api", rid, Digit(d.index, noisy.astype(np.uint8), d.label), start + timedelta(days=40), rng
+        )
+        rid += 1
+        pa2.append(twin)
+        mark("field_app", "batch-0002", rec, "near_duplicate")
+        mark("partner_api", "batch-0002", twin, "near_duplicate")
 
     for (source, batch_id), recs in batches.items():
         WRITERS[source](landing / source / batch_id, [{k: v for k, v in r.items() if k != "_digit"} for r in recs])

@@ -53,3 +53,62 @@ def simulate_review(
     )
     (folder / SUCCESS_MARKER).write_text(now.isoformat())
     return folder, pd.Series([r["decision"] for r in rows], dtype=object).value_counts().to_dict()
+
+
+def simulate_labelling(
+    data_dir: Path, top: int = 0, batch_id: str | None = None, warehouse: Path | None = None
+) -> tuple[Path | None, dict]:
+    """A labeller who knows the withheld digits: answer the open items of the labelling queue (picked by
+    active learning, not yet answered) with a ``label`` decision, as a reviews batch. Items whose record
+    the demo did not deliver unlabelled are left open and counted."""
+    from datetime import datetime
+
+    import pandas as pd
+
+    from dc_pipeline.catalog import T
+    from dc_pipeline.core.data.manifests import SUCCESS_MARKER
+    from dc_pipeline.demo.landing import UNLABELLED_TRUTH
+    from dc_pipeline.warehouse.connect import read_warehouse
+    from dc_pipeline.warehouse.io import table_exists
+
+    data = Path(data_dir)
+    truth_file = data / "demo" / UNLABELLED_TRUTH
+    if not truth_file.is_file():
+        return None, {"reason": f"{truth_file} not found: deliver unlabelled batches with demo-batch --unlabelled"}
+    truth = pd.read_csv(truth_file, dtype={"record_id": str}).drop_duplicates(["source", "record_id"], keep="last")
+    db = Path(warehouse or data / "warehouse.duckdb")
+    if not db.is_file():
+        return None, {"reason": f"no warehouse at {db} yet: nothing has been ingested"}
+    with read_warehouse(db) as conn:
+        if not table_exists(conn, T.LABELLING_QUEUE):
+            return None, {"reason": "no labelling queue yet"}
+        queue = conn.execute(
+            f"SELECT q.sha256 FROM {T.LABELLING_QUEUE} q WHERE q.sha256 NOT IN (SELECT image_sha256 FROM "
+            f"{T.REVIEW_ROWS} WHERE decision IN ('label', 'relabel', 'exclude')) ORDER BY q.queued_at, q.rank"
+        ).df()
+        lineage = conn.execute(f"SELECT DISTINCT source, record_id, sha256 FROM {T.LINEAGE}").df()
+    if top:
+        queue = queue.head(top)
+    known = truth.merge(lineage, on=["source", "record_id"]).drop_duplicates("sha256")
+    true_label = dict(zip(known["sha256"], known["true_label"]))
+    answered = queue[queue["sha256"].isin(true_label)]
+    counts = {"label": int(len(answered)), "left_open": int(len(queue) - len(answered))}
+    if answered.empty:
+        return None, counts
+    now = datetime.now(UTC)
+    rows = pd.DataFrame(
+        {
+            "image_sha256": answered["sha256"],
+            "decision": "label",
+            "new_label": [int(true_label[s]) for s in answered["sha256"]],
+            "reviewer": "simulated-labeller",
+            "reason": "labelled from the labelling queue",
+            "decided_at": now.isoformat(timespec="seconds"),
+        }
+    )
+    batch_id = batch_id or f"labels-{now:%Y%m%d%H%M%S}"
+    folder = data / "landing" / "reviews" / batch_id
+    folder.mkdir(parents=True, exist_ok=False)
+    rows.to_csv(folder / "decisions.csv", index=False)
+    (folder / SUCCESS_MARKER).write_text(now.isoformat())
+    return folder, counts

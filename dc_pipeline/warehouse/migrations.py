@@ -133,6 +133,11 @@ WAREHOUSE = Migrations(
         Migration(3, "retraining attempts: every automatic retraining request of the retraining trigger"),
         Migration(4, "dataset versions written, audited, then published", _publish_existing_versions),
         Migration(5, "incremental data path: per-batch cleaning state, Lance dataset versions", _incremental_state),
+        Migration(
+            6,
+            "unlabelled data and the data issues: labelling queue, fingerprints, near-duplicate groups, quality "
+            "issues and outliers (the next features run rebuilds the membership once to apply the split guard)",
+        ),
     ),
 )
 ALERTS = Migrations(

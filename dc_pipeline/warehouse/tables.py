@@ -197,7 +197,8 @@ TABLES: tuple[Table, ...] = (
             "format VARCHAR, lance_version BIGINT, content_sum VARCHAR, parent_hash VARCHAR, clean_seq BIGINT, "
             "added BIGINT, removed BIGINT, changed BIGINT, pruned_at TIMESTAMP",
             since=5,
-        ),
+        )
+        + _cols("labelled BIGINT", since=6),
         "Every dataset version: written as 'staged', 'published' (is_current: the one published last) once its "
         "blocking checks passed, or 'rejected' with the audit's reasons; path is relative to the data folder.",
     ),
@@ -285,10 +286,57 @@ TABLES: tuple[Table, ...] = (
             "dataset_hash VARCHAR, image_size BIGINT, split_salt VARCHAR, val_share DOUBLE, test_share DOUBLE, "
             "store VARCHAR, lance_version BIGINT, clean_seq BIGINT, content_sum VARCHAR, updated_at TIMESTAMP",
             since=5,
-        ),
+        )
+        + _cols("split_rule VARCHAR", since=6),
         "One row: the newest dataset version written, its settings, its Lance version and the last clean "
         "change it contains.",
         since=5,
+    ),
+    Table(
+        T.FINGERPRINTS,
+        _FEATURES,
+        _cols(
+            "sha256 VARCHAR, dhash BIGINT, band0 BIGINT, band1 BIGINT, band2 BIGINT, band3 BIGINT, thumb BLOB, "
+            "brightness DOUBLE, contrast DOUBLE, sharpness DOUBLE, log_sharpness DOUBLE, entropy DOUBLE, source VARCHAR, "
+            "width BIGINT, "
+            "height BIGINT, fingerprinted_at TIMESTAMP",
+            since=6,
+        ),
+        "One row per accepted image, labelled or not, written once when the image first reaches the features "
+        "stage: its perceptual hash (and the four bands near-duplicates are looked up by), a 16x16 thumbnail "
+        "that verifies them, and its quality figures.",
+        since=6,
+    ),
+    Table(
+        T.NEAR_DUPLICATES,
+        _FEATURES,
+        _cols("sha256_a VARCHAR, sha256_b VARCHAR, hamming BIGINT, distance DOUBLE, found_at TIMESTAMP", since=6),
+        "Pairs of different images (different sha256) that show the same picture: re-encoded, resized, "
+        "slightly noisy or cropped copies.",
+        since=6,
+    ),
+    Table(
+        T.NEAR_DUPLICATE_GROUPS,
+        _FEATURES,
+        _cols("sha256 VARCHAR, anchor VARCHAR", since=6),
+        "Each image in a near-duplicate group with the group's anchor (the image of the group that arrived first): "
+        "the split is drawn from the anchor, so a group never straddles train, validation and test.",
+        since=6,
+    ),
+    Table(
+        T.QUALITY_ISSUES,
+        _FEATURES,
+        _cols("sha256 VARCHAR, issue VARCHAR, score DOUBLE, detail VARCHAR, found_at TIMESTAMP", since=6),
+        "Images too dark, too light, blurry, of low information or of an odd size for their source, judged "
+        "against the data's own distribution when the image arrived.",
+        since=6,
+    ),
+    Table(
+        T.OUTLIERS,
+        _FEATURES,
+        _cols("sha256 VARCHAR, score DOUBLE, detail VARCHAR, found_at TIMESTAMP", since=6),
+        "Images far from the rest on their quality figures taken together.",
+        since=6,
     ),
     Table(
         T.CURRENT_MODELS,
@@ -407,8 +455,22 @@ TABLES: tuple[Table, ...] = (
             "error_ci_low DOUBLE, error_ci_high DOUBLE, mean_confidence DOUBLE, wrong_confidence DOUBLE, "
             "p_value DOUBLE, p_adjusted DOUBLE, flagged BOOLEAN, suggestion VARCHAR, model_version VARCHAR, "
             "dataset_hash VARCHAR"
-        ),
+        )
+        + _cols("bucket_low DOUBLE, bucket_high DOUBLE", since=6),
         "The champion's error per slice, with flags.",
+    ),
+    Table(
+        T.LABELLING_QUEUE,
+        "dc_pipeline.defs.curation.assets",
+        _cols(
+            "sha256 VARCHAR, image_id VARCHAR, source VARCHAR, batch_id VARCHAR, rank BIGINT, reason VARCHAR, "
+            "slice VARCHAR, uncertainty DOUBLE, predicted_label BIGINT, confidence DOUBLE, model_version VARCHAR, "
+            "queued_at TIMESTAMP, run_id VARCHAR",
+            since=6,
+        ),
+        "Unlabelled images active learning sent for labelling, with why each was picked; an item is answered "
+        "when a `label` (or `exclude`) decision for its image arrives through a reviews source.",
+        since=6,
     ),
 )
 

@@ -66,6 +66,8 @@ TABLE_COLUMNS = [
     "mean_confidence",
     "wrong_confidence",
     "p_value",
+    "bucket_low",
+    "bucket_high",
 ]
 
 
@@ -121,11 +123,12 @@ def _format_edges(edges: np.ndarray) -> list[str]:
     return [repr(float(x)) for x in edges]
 
 
-def quantile_buckets(values: pd.Series, n_buckets: int = 4) -> pd.Series:
+def quantile_buckets(values: pd.Series, n_buckets: int = 4, edges_out: dict | None = None) -> pd.Series:
     """Bucket label per row (``"q<i> [lo, hi)"``, last bucket closed; nulls -> ``"(missing)"``).
 
-    Edges are the ``n_buckets``-quantiles of the non-null values; equal edges are merged, so every
-    bucket is non-empty in ``values`` and the buckets partition the rows.
+    Edges are the ``n_buckets``-quantiles of the non-null values; equal edges are merged, so the buckets
+    partition the rows. The printed edges are rounded; ``edges_out`` receives each label's exact
+    ``(low, high)``, which is what membership must be tested against.
     """
     x = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
     out = np.full(len(x), MISSING, dtype=object)
@@ -143,6 +146,9 @@ def quantile_buckets(values: pd.Series, n_buckets: int = 4) -> pd.Series:
         # bucket i holds edges[i] <= x < edges[i+1]; the maximum goes to the last bucket
         idx = np.clip(np.searchsorted(edges, x[ok], side="right") - 1, 0, k - 1)
     out[ok] = np.array(labels, dtype=object)[idx]
+    if edges_out is not None:
+        bounds = [(edges[0], edges[0])] if len(edges) == 1 else list(zip(edges[:-1], edges[1:]))
+        edges_out.update({label: (float(lo), float(hi)) for label, (lo, hi) in zip(labels, bounds)})
     return pd.Series(out, index=values.index)
 
 
@@ -185,10 +191,11 @@ def slice_table(
     dims = [(c, "category") for c in categorical if c in df.columns]
     dims += [(c, "bucket") for c in numeric if c in df.columns and c not in categorical]
     for dim, kind in dims:
+        edges: dict[str, tuple[float, float]] = {}
         if kind == "category":
             keys = pd.Series([_category_name(v) for v in df[dim].tolist()], dtype=object)
         else:
-            keys = quantile_buckets(df[dim], n_buckets).reset_index(drop=True)
+            keys = quantile_buckets(df[dim], n_buckets, edges).reset_index(drop=True)
         grouped = base.groupby(keys.to_numpy(), sort=False).agg(
             count=("_wrong", "size"),
             errors=("_wrong", "sum"),
@@ -213,6 +220,8 @@ def slice_table(
                     "mean_confidence": float(g["mean_confidence"]),
                     "wrong_confidence": float(g["wrong_confidence"]),
                     "p_value": _binom_p(errors, count, overall),
+                    "bucket_low": edges.get(name, (math.nan, math.nan))[0],
+                    "bucket_high": edges.get(name, (math.nan, math.nan))[1],
                 }
             )
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -230,7 +230,7 @@ def validate_images(
         )
     q = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
     return (
-        pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS),
+        pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS).astype({"label": "Int64"}),
         q.sort_values(["source", "batch_id", "row_number"]).reset_index(drop=True),
     )
 
@@ -239,10 +239,11 @@ def resolve(candidates: pd.DataFrame) -> CleanResult:
     """The cross-batch rules over candidate records: a record id used for different content or labels
     quarantines all its records (conflicting_record_id); then an image delivered with different labels
     quarantines all its copies (label_conflict); then each image's earliest capture (ties: source, batch,
-    row) is kept and the other copies are duplicates. Every rule looks only at records sharing a record id
+    row) is kept and the other copies are duplicates. A missing label (an unlabelled record) conflicts with
+    nothing; the image takes the label of its labelled copies, if any. Every rule looks only at records sharing a record id
     or a sha256, so resolving the records that share them with a batch gives the same rows as resolving
     everything."""
-    cand = pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS)
+    cand = pd.DataFrame(candidates, columns=CANDIDATE_COLUMNS).astype({"label": "Int64"})
     quarantine: list[dict] = []
     if len(cand):
         # A record id must mean one record within a source: same content and same label.
@@ -255,7 +256,7 @@ def resolve(candidates: pd.DataFrame) -> CleanResult:
         # The same image with different labels cannot be trusted either way.
         n_labels = cand.groupby("image_sha256")["label"].transform("nunique")
         conflicting = cand[n_labels > 1]
-        labels_of = conflicting.groupby("image_sha256")["label"].agg(lambda s: sorted({int(v) for v in s}))
+        labels_of = conflicting.groupby("image_sha256")["label"].agg(lambda s: sorted({int(v) for v in s.dropna()}))
         for row in conflicting.to_dict("records"):
             detail = f"image {row['image_sha256'][:12]} delivered with labels {labels_of[row['image_sha256']]}"
             quarantine.append(_quarantine_row(row, "label_conflict", detail))
@@ -270,6 +271,9 @@ def resolve(candidates: pd.DataFrame) -> CleanResult:
         kept_id = cand[first].set_index("image_sha256")["image_id"]
         copies = cand.groupby("image_sha256").size()
         images = cand[first].copy()
+        # An image is labelled when any copy is (copies agree, or label_conflict took them all out): an
+        # unlabelled production copy of a labelled image does not make it unlabelled.
+        images["label"] = images["image_sha256"].map(cand.groupby("image_sha256")["label"].first()).astype("Int64")
         images["sha256"] = images["image_sha256"]
         images["n_copies"] = images["sha256"].map(copies).astype(int)
         images = images[IMAGE_COLUMNS].sort_values("image_id").reset_index(drop=True)
@@ -319,7 +323,7 @@ DECISION_COLUMNS = [
 ]
 REVIEW_REASONS = {
     "unknown_image": "the decision names an image that is not among the accepted images",
-    "unknown_decision": "the decision is not relabel, confirm or exclude",
+    "unknown_decision": "the decision is not relabel, confirm, exclude or label",
     "missing_reviewer": "the decision does not say who made it",
 }
 
@@ -350,7 +354,7 @@ def validate_reviews(
     """The per-record checks of reviewers' decisions: ``(review rows, quarantine)``. A review row names an
     image and carries the verdict it gets once that image is known (``reason_if_known`` None: accepted),
     so a decision that arrives before its image is decided when the image arrives."""
-    from dc_pipeline.core.data.contracts import DECISIONS
+    from dc_pipeline.core.data.contracts import DECISIONS, LABELLING_DECISIONS
 
     project = contracts.project
     rows, rejected = [], []
@@ -373,8 +377,8 @@ def validate_reviews(
         verdict: tuple[str | None, str | None] = (None, None)
         if row.get("decision") not in DECISIONS:
             verdict = ("unknown_decision", f"decision {row.get('decision')!r} not in {DECISIONS}")
-        elif row["decision"] == "relabel" and why:
-            verdict = (why, f"relabel to {row.get('label_raw')!r}: not one of the classes")
+        elif row["decision"] in LABELLING_DECISIONS and (why or label is None):
+            verdict = (why or "missing_label", f"{row['decision']} to {row.get('label_raw')!r}: not one of the classes")
         elif when:
             verdict = (when, _timestamp_detail(row.get("decided_raw"), decided, when, contract, project))
         elif not _present(row.get("reviewer")):
@@ -385,7 +389,7 @@ def validate_reviews(
                 **{k: row.get(k) for k in ("source", "batch_id", "manifest_file", "manifest_sha256", "row_number")},
                 "image_sha256": row["image_sha256"],
                 "decision": row.get("decision"),
-                "new_label": label if accepted and row["decision"] == "relabel" else None,
+                "new_label": label if accepted and row["decision"] in LABELLING_DECISIONS else None,
                 "reviewer": row.get("reviewer"),
                 "reason": row.get("reason"),
                 "decided_at": decided.astimezone(UTC).replace(tzinfo=None) if accepted else None,

@@ -20,10 +20,12 @@ import yaml
 
 CANONICAL_FIELDS = ("record_id", "image", "label", "captured_at", "device_id")
 REQUIRED_FIELDS = ("record_id", "image", "label", "captured_at")
+UNLABELLED_REQUIRED = ("record_id", "image", "captured_at")  # a source whose contract says labels: {required: false}
 # A "reviews" source delivers reviewers' decisions about images already in the pipeline, not images.
 REVIEW_FIELDS = ("image_sha256", "decision", "label", "reviewer", "reason", "decided_at")
 REVIEW_REQUIRED = ("image_sha256", "decision", "reviewer", "decided_at")
-DECISIONS = ("relabel", "confirm", "exclude")
+DECISIONS = ("relabel", "confirm", "exclude", "label")
+LABELLING_DECISIONS = ("relabel", "label")  # decisions that carry a class: a correction, or the first label
 KINDS = {"images": (CANONICAL_FIELDS, REQUIRED_FIELDS), "reviews": (REVIEW_FIELDS, REVIEW_REQUIRED)}
 LOGICAL_TYPES = ("integer", "float", "string", "binary", "boolean", "object")
 MANIFEST_FORMATS = ("csv", "jsonl", "parquet")
@@ -57,6 +59,7 @@ class SourceContract:
     timestamp_format: str  # "iso8601", "epoch_ms", "epoch_s" or a strftime pattern
     timestamp_timezone: str
     version: str  # sha256 of the contract file, first 12 hex digits
+    labels_required: bool = True  # False: records may arrive unlabelled (production traffic)
 
     def column_for(self, canonical_field: str) -> ColumnSpec | None:
         return next((c for c in self.columns if c.field == canonical_field), None)
@@ -143,6 +146,12 @@ def load_contract(path: Path) -> SourceContract:
         if kind not in KINDS:
             raise ContractError(f"{where}: kind {kind!r} not one of {sorted(KINDS)}")
         allowed, required = KINDS[kind]
+        labels = raw.get("labels") or {}
+        labels_required = labels.get("required", True)
+        if not isinstance(labels_required, bool):
+            raise ContractError(f"{where}: labels.required must be true or false")
+        if kind == "images" and not labels_required:
+            required = UNLABELLED_REQUIRED
         fmt = raw["manifest"]["format"]
         if fmt not in MANIFEST_FORMATS:
             raise ContractError(f"{where}: manifest format {fmt!r} not one of {MANIFEST_FORMATS}")
@@ -167,7 +176,6 @@ def load_contract(path: Path) -> SourceContract:
         missing = [f for f in required if f not in fields]
         if missing or len(set(fields)) != len(fields):
             raise ContractError(f"{where}: every field in {required} must be fed by exactly one column")
-        labels = raw.get("labels", {})
         timezone_name = raw["timestamp"].get("timezone", "UTC")
         try:
             from zoneinfo import ZoneInfo
@@ -191,6 +199,7 @@ def load_contract(path: Path) -> SourceContract:
             timestamp_format=raw["timestamp"]["format"],
             timestamp_timezone=timezone_name,
             version=hashlib.sha256(text.encode()).hexdigest()[:12],
+            labels_required=labels_required,
         )
     except KeyError as exc:
         raise ContractError(f"{where}: missing key {exc}") from None
@@ -202,6 +211,18 @@ def source_kinds(directory: str | Path) -> dict[str, str]:
     for path in sorted(Path(directory).glob("*.yaml")):
         if path.name != PROJECT_FILE:
             out[path.stem] = (yaml.safe_load(path.read_text()) or {}).get("kind", "images")
+    return out
+
+
+def unlabelled_sources(directory: str | Path) -> list[str]:
+    """Image sources whose contracts let records arrive unlabelled (``labels: {required: false}``), read
+    cheaply (definitions load time)."""
+    out = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        if path.name != PROJECT_FILE:
+            raw = yaml.safe_load(path.read_text()) or {}
+            if raw.get("kind", "images") == "images" and (raw.get("labels") or {}).get("required", True) is False:
+                out.append(path.stem)
     return out
 
 
@@ -230,10 +251,15 @@ def image_sources(contracts: Contracts) -> list[str]:
 # Labels and timestamps
 
 
+def label_absent(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, float) and raw != raw) or str(raw).strip() == ""
+
+
 def normalize_label(raw: Any, contract: SourceContract, classes: tuple[int, ...]) -> tuple[int | None, str | None]:
-    """Map a raw label onto a class id. Returns ``(class_id, None)`` or ``(None, reason)``."""
-    if raw is None or (isinstance(raw, float) and raw != raw) or str(raw).strip() == "":
-        return None, "missing_label"
+    """Map a raw label onto a class id. Returns ``(class_id, None)`` or ``(None, reason)``; an absent label
+    is ``(None, None)`` (an unlabelled record) where the contract says labels are not required."""
+    if label_absent(raw):
+        return None, (None if not contract.labels_required else "missing_label")
     token = str(raw).strip().lower()
     if token in contract.label_map:
         return contract.label_map[token], None
@@ -310,6 +336,7 @@ def contract_summary(contract: SourceContract) -> dict[str, Any]:
             for c in contract.columns
         },
         "timestamp_format": contract.timestamp_format,
+        "labels_required": contract.labels_required,
     }
 
 

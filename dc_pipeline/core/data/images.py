@@ -148,6 +148,24 @@ def to_grayscale_array(data: bytes, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def thumbnail_array(data: bytes, size: int) -> np.ndarray:
+    """A grayscale ``size`` x ``size`` thumbnail in [0, 1] by area (box) resampling: the same picture at
+    another resolution (an integer up- or downscale) gives the same thumbnail, which is what near-duplicate
+    detection compares."""
+    img = Image.open(io.BytesIO(data)).convert("L")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def thumbnails_stored(shas: Sequence[str], root: str, size: int) -> np.ndarray:
+    """Thumbnails ``[n, size, size]`` of stored objects: a worker process's chunk of a batch."""
+    store = ObjectStore(root)
+    if not len(shas):
+        return np.zeros((0, size, size), np.float32)
+    return np.stack([thumbnail_array(store.get(s), size) for s in shas])
+
+
 def inspect_stored(shas: Sequence[str], root: str, project: ProjectSpec) -> list[DecodedImage | ImageRejected]:
     """``inspect_image`` of stored objects (read from the store at ``root``), one result per sha256: what a
     worker process runs on its chunk of a batch."""

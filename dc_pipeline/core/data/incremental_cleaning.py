@@ -494,7 +494,8 @@ def _count_by_batch(conn, table: str, batches: list[Batch] | None, extra: str = 
 
 def batch_accounting(conn, sources: list[str], batches: list[Batch] | None = None) -> pd.DataFrame:
     """Per batch (all when ``batches`` is None): records in the manifest, raw rows, accepted, duplicates
-    and quarantined, and whether they balance. A refused batch has no raw rows: its records are refused."""
+    and quarantined, and whether they balance; ``unlabelled``: of the accepted records and duplicates, those
+    delivered without a label (accounted like any other). A refused batch has no raw rows: its records are refused."""
     rows = _count_by_batch(conn, T.SCHEMA_HISTORY, batches, ", record_count, status, observed_at")
     history = (
         rows.sort_values("observed_at")
@@ -509,7 +510,7 @@ def batch_accounting(conn, sources: list[str], batches: list[Batch] | None = Non
     ]
     frames = {
         "raw_rows": pd.concat(raw, ignore_index=True) if raw else pd.DataFrame(columns=["source", "batch_id"]),
-        "lineage": _count_by_batch(conn, T.LINEAGE, batches, ", role"),
+        "lineage": _count_by_batch(conn, T.LINEAGE, batches, ", role, label IS NULL AS unlabelled"),
         "decisions": _count_by_batch(conn, T.REVIEW_DECISIONS, batches),
         "quarantined": _count_by_batch(conn, T.QUARANTINE, batches),
     }
@@ -526,10 +527,11 @@ def batch_accounting(conn, sources: list[str], batches: list[Batch] | None = Non
         .merge(accepted.groupby(["source", "batch_id"], as_index=False).sum(), how="outer")
         .merge(counted(lineage[lineage["role"] == "duplicate"], "duplicates"), how="outer")
         .merge(counted(frames["quarantined"], "quarantined"), how="outer")
+        .merge(counted(lineage[lineage["unlabelled"].astype(bool)], "unlabelled"), how="outer")
     )
     table["refused"] = (table["status"] == "refused").fillna(False).astype(bool)
     table["status"] = table["status"].fillna("unknown")
-    for col in ("manifest_records", "raw_rows", "accepted", "duplicates", "quarantined"):
+    for col in ("manifest_records", "raw_rows", "accepted", "duplicates", "quarantined", "unlabelled"):
         table[col] = table[col].fillna(0).astype(int)
     taken = table["accepted"] + table["duplicates"] + table["quarantined"]
     table["balanced"] = (table["refused"] & (table["raw_rows"] == 0) & (taken == 0)) | (

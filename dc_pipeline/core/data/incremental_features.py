@@ -37,6 +37,9 @@ from dc_pipeline.core.data.dataset_store import (
 from dc_pipeline.core.data.features import SPLITS, STAT_COLUMNS, split_of
 
 STAGED, PUBLISHED, REJECTED, SUPERSEDED = "staged", "published", "rejected", "superseded"
+SPLIT_RULE = "near-duplicate-group-anchor"
+"""How a member's split is drawn: from its near-duplicate group's anchor (its own sha256 when alone). A head
+written under another rule (releases before 0.4: the image's own sha256) is rebuilt once."""
 IN_CHUNK = 1000
 Connect = Callable[[], AbstractContextManager]
 
@@ -50,10 +53,12 @@ class SplitSettings:
     val_share: float
     test_share: float
 
+    split_rule: str = SPLIT_RULE
+
     def differs_from(self, head: dict) -> list[str]:
         return [
             name
-            for name in ("image_size", "split_salt", "val_share", "test_share")
+            for name in ("image_size", "split_salt", "val_share", "test_share", "split_rule")
             if head.get(name) is None or head[name] != getattr(self, name)
         ]
 
@@ -71,6 +76,7 @@ class FeaturesRun:
     status: str | None = None
     clean_seq: int = 0
     touched: int = 0
+    fingerprinted: int = 0
     added: int = 0
     removed: int = 0
     relabelled: int = 0
@@ -116,21 +122,33 @@ def _published(conn) -> str | None:
 
 
 # -- membership ------------------------------------------------------------------------------------------------
-def target_members(images: pd.DataFrame, decisions: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+def target_members(
+    images: pd.DataFrame, decisions: pd.DataFrame, settings: SplitSettings, anchors: dict[str, str] | None = None
+) -> pd.DataFrame:
     """The dataset's rows for ``images`` (rows of clean.images): the latest review decision per image applied
-    (exclude: not a member; relabel: the new label), the split drawn from the content hash."""
+    (exclude: not a member; relabel or label: the new label). An image without a label (unlabelled production
+    data no labeller has answered yet) is not a member. The split is drawn from the content hash, or from the
+    near-duplicate group's anchor (``anchors``: sha256 -> anchor) so that a group never straddles splits."""
     from dc_pipeline.core.data.cleaning import latest_decisions
+    from dc_pipeline.core.data.contracts import LABELLING_DECISIONS
 
     applied = (
         latest_decisions(decisions) if len(decisions) else pd.DataFrame(columns=["sha256", "decision", "new_label"])
     )
     excluded = set(applied.loc[applied["decision"] == "exclude", "sha256"])
-    relabels = applied[applied["decision"] == "relabel"]
-    relabel = dict(zip(relabels["sha256"], relabels["new_label"]))
+    labelling = applied[applied["decision"].isin(LABELLING_DECISIONS)]
+    new_label = dict(zip(labelling["sha256"], labelling["new_label"]))
+    how = dict(zip(labelling["sha256"], labelling["decision"]))
     out = images[~images["sha256"].isin(excluded)].copy()
-    out["label"] = np.asarray([int(relabel.get(s, v)) for s, v in zip(out["sha256"], out["label"])], np.int64)
-    out["decision"] = pd.array(["relabel" if s in relabel else None for s in out["sha256"]], dtype="string")
-    out["split"] = [split_of(s, settings.split_salt, settings.val_share, settings.test_share) for s in out["sha256"]]
+    labels = [new_label.get(s, v) for s, v in zip(out["sha256"], out["label"])]
+    labelled = np.asarray([v is not None and v is not pd.NA and v == v for v in labels], bool)
+    out = out[labelled].copy()
+    out["label"] = np.asarray([int(v) for v, ok in zip(labels, labelled) if ok], np.int64)
+    out["decision"] = pd.array([how.get(s) for s in out["sha256"]], dtype="string")
+    anchor = anchors or {}
+    out["split"] = [
+        split_of(anchor.get(s, s), settings.split_salt, settings.val_share, settings.test_share) for s in out["sha256"]
+    ]
     return out.sort_values("sha256", ignore_index=True)
 
 
@@ -207,6 +225,12 @@ def write_features(
 ) -> FeaturesRun:
     """Write the next dataset version from the clean changes after the head (see the module docstring)."""
     from dc_pipeline.core.data.features import image_statistics
+    from dc_pipeline.core.data.incremental_issues import (
+        anchors_of,
+        compute_fingerprints,
+        missing_fingerprints,
+        record_data_issues,
+    )
 
     store = DatasetStore(datasets_root, settings.image_size)
     store_path = relative(store.folder)
@@ -226,24 +250,42 @@ def write_features(
         run.rebuild_reason, run.clean_seq = reason, latest_seq
         if reason is None and latest_seq <= int(head["clean_seq"] or 0):
             return _unchanged(conn, run, head)
-        columns = "sha256, image_id, label, source, batch_id, device_id"
+        columns = "sha256, image_id, label, source, batch_id, device_id, width, height"
         if reason is None:
-            touched = conn.execute(
-                f"SELECT DISTINCT sha256 FROM {T.CLEAN_CHANGES} WHERE seq > ? AND seq <= ?",
-                [int(head["clean_seq"] or 0), latest_seq],
-            ).df()["sha256"]
+            touched = set(
+                conn.execute(
+                    f"SELECT DISTINCT sha256 FROM {T.CLEAN_CHANGES} WHERE seq > ? AND seq <= ?",
+                    [int(head["clean_seq"] or 0), latest_seq],
+                ).df()["sha256"]
+            )
             images = select_in(conn, f"SELECT {columns} FROM {T.CLEAN_IMAGES} WHERE TRUE", "sha256", touched)
-            decisions = select_in(conn, f"SELECT * FROM {T.REVIEW_DECISIONS} WHERE TRUE", "sha256", touched)
-            head_rows = select_in(conn, f"SELECT * FROM {T.HEAD_MEMBERS} WHERE TRUE", "sha256", touched)
         else:
             images = conn.execute(f"SELECT {columns} FROM {T.CLEAN_IMAGES}").df()
-            touched = images["sha256"]
-            decisions = conn.execute(f"SELECT * FROM {T.REVIEW_DECISIONS}").df()
-            head_rows = conn.execute(f"SELECT * FROM {T.HEAD_MEMBERS} LIMIT 0").df()
+            touched = set(images["sha256"])
             if images.empty:
                 raise ValueError("clean.images is empty: nothing to build a dataset from")
-        run.touched = int(len(set(touched)))
-        target = target_members(images, decisions, settings)
+        new_images = images[images["sha256"].isin(missing_fingerprints(conn, images["sha256"]))]
+    # Data issues of the images not seen yet (decoded outside the transaction), then the membership, with the
+    # split drawn from each image's near-duplicate group.
+    fingerprints = compute_fingerprints(objects, new_images)
+    with connect() as conn:
+        regrouped = record_data_issues(conn, fingerprints) - touched
+        if regrouped:
+            log(f"{len(regrouped)} images joined a near-duplicate group with a new anchor: their split is redrawn")
+            extra = select_in(conn, f"SELECT {columns} FROM {T.CLEAN_IMAGES} WHERE TRUE", "sha256", regrouped)
+            images = pd.concat([images, extra], ignore_index=True)
+            touched |= regrouped
+        if reason is None:
+            decisions = select_in(conn, f"SELECT * FROM {T.REVIEW_DECISIONS} WHERE TRUE", "sha256", touched)
+            head_rows = select_in(conn, f"SELECT * FROM {T.HEAD_MEMBERS} WHERE TRUE", "sha256", touched)
+            anchors = anchors_of(conn, touched)
+        else:
+            decisions = conn.execute(f"SELECT * FROM {T.REVIEW_DECISIONS}").df()
+            head_rows = conn.execute(f"SELECT * FROM {T.HEAD_MEMBERS} LIMIT 0").df()
+            anchors = dict(conn.execute(f"SELECT sha256, anchor FROM {T.NEAR_DUPLICATE_GROUPS}").fetchall())
+        run.touched = len(touched)
+        run.fingerprinted = len(fingerprints)
+        target = target_members(images.drop(columns=["width", "height"]), decisions, settings, anchors)
         diff = membership_diff(target, head_rows)
         if reason is None and diff.empty:  # nothing the dataset sees changed: the head now covers these changes
             conn.execute(f"UPDATE {T.DATASET_HEAD} SET clean_seq = ?", [latest_seq])
@@ -368,6 +410,7 @@ def write_features(
                 "is_current": False,
                 "relabelled": run.decisions.get("relabel", 0),
                 "excluded": run.decisions.get("exclude", 0),
+                "labelled": run.decisions.get("label", 0),
                 "status": STAGED,
                 "format": "lance",
                 "lance_version": tagged,
@@ -397,6 +440,7 @@ def write_features(
                         "clean_seq": latest_seq,
                         "content_sum": f"{total:064x}",
                         "updated_at": now,
+                        "split_rule": settings.split_rule,
                     }
                 ]
             ),

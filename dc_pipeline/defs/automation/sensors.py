@@ -65,13 +65,15 @@ def build_landing_sensor(sources: list[str], jobs: list | None = None):
     """``jobs``: the ingestion jobs the Definitions hold, one per source (built for ``sources`` from the
     settings' contracts when omitted); each request names its job."""
     if jobs is None:
-        from dc_pipeline.core.data.contracts import source_kinds
+        from dc_pipeline.core.data.contracts import source_kinds, unlabelled_sources
         from dc_pipeline.defs.jobs import ingestion_jobs
         from dc_pipeline.settings import get_settings
 
         kinds = source_kinds(get_settings().contracts_dir)
         jobs = ingestion_jobs(
-            [s for s in sources if kinds.get(s) == "images"], [s for s in sources if kinds.get(s) == "reviews"]
+            [s for s in sources if kinds.get(s) == "images"],
+            [s for s in sources if kinds.get(s) == "reviews"],
+            unlabelled_sources(get_settings().contracts_dir),
         )
 
     @sensor(

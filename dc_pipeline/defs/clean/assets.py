@@ -51,7 +51,10 @@ def clean_figures(conn) -> dict:
         "decisions": count(T.REVIEW_DECISIONS),
         "lineage": count(T.LINEAGE),
         "duplicates": count(T.LINEAGE, "role = 'duplicate'"),
-        "per_label": grouped(f"SELECT label, count(*) FROM {T.CLEAN_IMAGES} GROUP BY 1 ORDER BY 1"),
+        "per_label": grouped(
+            f"SELECT label, count(*) FROM {T.CLEAN_IMAGES} WHERE label IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ),
+        "unlabelled": count(T.CLEAN_IMAGES, "label IS NULL"),
         "per_source": grouped(f"SELECT source, count(*) FROM {T.CLEAN_IMAGES} GROUP BY 1 ORDER BY 2 DESC"),
         "per_reason": grouped(f"SELECT reason, count(*) FROM {T.QUARANTINE} GROUP BY 1 ORDER BY 2 DESC"),
         "per_decision": grouped(f"SELECT decision, count(*) FROM {T.REVIEW_DECISIONS} GROUP BY 1 ORDER BY 2 DESC"),
@@ -70,8 +73,9 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 kinds={"duckdb", "pandas"},
                 deps=[raw_key(s) for s in sources],
                 description=(
-                    "Accepted unique images: decoded and validated, labels mapped to class ids, "
-                    "capture times in UTC, exact duplicates (same sha256) kept once. Only batches with a "
+                    "Accepted unique images: decoded and validated, labels mapped to class ids (null: an "
+                    "unlabelled image from a source whose contract allows it, waiting for a `label` "
+                    "decision), capture times in UTC, exact duplicates (same sha256) kept once. Only batches with a "
                     "recorded pass of every blocking batch check are taken (a check that never completed "
                     "keeps its batch out)."
                 ),
@@ -99,8 +103,9 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 kinds={"duckdb", "pandas"},
                 deps=[raw_key(s) for s in review_sources],
                 description=(
-                    "Reviewers' accepted decisions (relabel, confirm, exclude) about accepted "
-                    "images, with provenance; invalid ones are in the quarantine."
+                    "Reviewers' accepted decisions (relabel, confirm, exclude, and label: the answer to a "
+                    "labelling request) about accepted images, with provenance; invalid ones are in the "
+                    "quarantine."
                 ),
             ),
         ],
@@ -136,6 +141,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
             metadata={
                 "dagster/row_count": figures["images"],
                 **this_run,
+                "unlabelled": figures["unlabelled"],
                 "per_label": counts_markdown(figures["per_label"], "label"),
                 "per_source": counts_markdown(figures["per_source"], "source"),
             },
@@ -207,7 +213,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
             "Blocking. Great Expectations, strict (no tolerance), on the rows the run wrote (every row when "
             "the check runs on its own): the canonical columns and their types, image ids and sha256 present "
             "and unique (in the table, through the index), "
-            "labels in the project's classes, width, height and channels within the image bounds, capture "
+            "labels in the project's classes (or null: unlabelled), width, height and channels within the image bounds, capture "
             "times plausible. Cleaning must have removed every violation; one left means a cleaning bug."
         ),
     )
@@ -238,7 +244,8 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         now = datetime.now(UTC).replace(tzinfo=None)
         from dc_pipeline.core.data.cleaning import IMAGE_COLUMNS
 
-        integer_types = ["int8", "int16", "int32", "int64", "Int64"]
+        integer_types = ["int8", "int16", "int32", "int64", "Int64", "Int64Dtype"]
+        images = images.astype({"label": "Int64"})  # unlabelled images: null, never outside the classes
         summary = validate(
             images,
             [

@@ -2,7 +2,8 @@
 
 import os
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from dc_pipeline.catalog import (
     CHAMPION,
@@ -10,7 +11,9 @@ from dc_pipeline.catalog import (
     DATASET_VERSION,
     DUCKDB_POOL,
     IMAGE_STATS,
+    IMAGES,
     LABEL_ISSUES,
+    LABELLING_QUEUE,
     SLICE_ANALYSIS,
     T,
 )
@@ -206,5 +209,146 @@ def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
                 else "_none_"
             ),
             "report": MetadataValue.md(slices_markdown(table)),
+        }
+    )
+
+
+ANSWERED = "('label', 'relabel', 'exclude')"
+"""Decisions that answer a labelling request: a class (label, relabel), or not usable at all (exclude)."""
+
+
+class LabellingConfig(Config):
+    budget: int = Field(
+        default=50,
+        ge=0,
+        description="Labelling capacity: the most images waiting for a label at once. Each run tops the queue "
+        "up to it with new picks.",
+    )
+    uncertainty: str = Field(
+        default="margin", description="How the champion's uncertainty is measured: 'margin' or 'entropy'."
+    )
+    slice_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of the picks aimed at the slices the slice analysis flags (most uncertain first).",
+    )
+    candidate_factor: int = Field(
+        default=5,
+        ge=1,
+        description="Diversity: the picks are spread (farthest-first on the champion's embeddings) over this "
+        "many times the picks' number of most uncertain images.",
+    )
+    max_pool: int = Field(
+        default=5000,
+        ge=1,
+        description="Newest unlabelled, unqueued images considered per run at most (bounds the run's cost).",
+    )
+    seed: int = Field(default=0, description="Seed for tie-breaking in the selection.")
+
+
+@asset(
+    key=LABELLING_QUEUE,
+    deps=[IMAGES, CHAMPION, SLICE_ANALYSIS],
+    group_name=CURATION,
+    kinds={"pytorch", "duckdb"},
+    pool=DUCKDB_POOL,
+    description=(
+        "Active learning: which unlabelled images (production traffic) to send for labelling. Tops the "
+        "labelling queue (curation.labelling_queue) up to the budget with the images the champion is least "
+        "sure of (margin or entropy), spread over its embeddings so the picks are not near-copies, and a share "
+        "from the slices the slice analysis flags. Labels come back as `label` decisions through a reviews "
+        "source; the next dataset version takes the labelled images in."
+    ),
+)
+def labelling_queue(
+    context: AssetExecutionContext, config: LabellingConfig, lake: DataLake, warehouse: Warehouse
+) -> MaterializeResult:
+    from datetime import UTC, datetime
+
+    import numpy as np
+    import pandas as pd
+
+    from dc_pipeline.core.curation.active_learning import select_for_labelling, uncertainty
+    from dc_pipeline.core.data.features import image_statistics
+    from dc_pipeline.core.plots import grid_png, markdown_image
+    from dc_pipeline.warehouse.io import append_rows, table_exists
+    from dc_pipeline.warehouse.queries import canonical_batch
+
+    if config.uncertainty not in ("margin", "entropy"):
+        raise ValueError(f"uncertainty must be 'margin' or 'entropy', not {config.uncertainty!r}")
+    queue, decisions = T.LABELLING_QUEUE, T.REVIEW_DECISIONS
+    with warehouse.get_connection() as conn:
+        champion = load_alias_model(conn, lake.artifacts)
+        waiting = conn.execute(
+            f"SELECT count(*) FROM {queue} WHERE sha256 NOT IN "
+            f"(SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED})"
+        ).fetchall()[0][0]
+        unlabelled = conn.execute(
+            f"SELECT count(*) FROM {T.CLEAN_IMAGES} WHERE label IS NULL AND sha256 NOT IN "
+            f"(SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED})"
+        ).fetchall()[0][0]
+        room = max(config.budget - int(waiting), 0)
+        pool = conn.execute(
+            f"SELECT sha256, image_id, source, batch_id, device_id FROM {T.CLEAN_IMAGES} WHERE label IS NULL "
+            f"AND sha256 NOT IN (SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED}) "
+            f"AND sha256 NOT IN (SELECT sha256 FROM {queue}) ORDER BY captured_at DESC, sha256 LIMIT ?",
+            [config.max_pool],
+        ).df()
+        flagged = (
+            conn.execute(
+                f"SELECT * FROM {T.SLICES} WHERE flagged AND model_version = ?",
+                [champion.version_id if champion else ""],
+            ).df()
+            if table_exists(conn, T.SLICES)
+            else pd.DataFrame()
+        )
+    figures = {"unlabelled": int(unlabelled), "waiting_before": int(waiting), "budget": config.budget}
+    if champion is None:
+        context.log.warning("no champion yet: nothing can rank the unlabelled images")
+        return MaterializeResult(metadata={**figures, "picked": 0, "reason": "no champion model yet"})
+    if pool.empty or room == 0:
+        reason = "no unlabelled image waits to be considered" if pool.empty else "the queue is at its budget"
+        return MaterializeResult(metadata={**figures, "pool": int(len(pool)), "picked": 0, "reason": reason})
+    x = canonical_batch(pool, lake, champion.input_size)
+    probs = champion.predict_canonical(x)
+    pool = pd.concat([pool, image_statistics(x)], axis=1)
+    pool["predicted_label"] = np.asarray(champion.classes)[probs.argmax(axis=1)]
+    picks = select_for_labelling(
+        pool,
+        probs,
+        champion.embed_canonical(x),
+        room,
+        kind=config.uncertainty,
+        slice_share=config.slice_share,
+        flagged=flagged if len(flagged) else None,
+        candidate_factor=config.candidate_factor,
+        seed=config.seed,
+    )
+    rows = picks.merge(pool[["sha256", "image_id", "source", "batch_id"]], on="sha256", how="left").assign(
+        model_version=champion.version_id,
+        queued_at=datetime.now(UTC).replace(tzinfo=None),
+        run_id=context.run.run_id,
+    )
+    with warehouse.get_connection() as conn:
+        from dc_pipeline.warehouse.tables import BY_NAME
+
+        append_rows(conn, queue, rows[BY_NAME[queue].column_names()])
+    position = {s: i for i, s in enumerate(pool["sha256"])}
+    top = rows.head(16)
+    preview = grid_png([[x[position[s]] for s in top["sha256"].iloc[i : i + 8]] for i in range(0, len(top), 8)])
+    shown = ["rank", "image_id", "reason", "slice", "uncertainty", "predicted_label", "confidence"]
+    return MaterializeResult(
+        metadata={
+            **figures,
+            "pool": int(len(pool)),
+            "picked": int(len(rows)),
+            "by_reason": MetadataValue.json(rows["reason"].value_counts().to_dict()),
+            "flagged_slices": int(len(flagged)),
+            "model_version": champion.version_id,
+            "mean_uncertainty_picked": float(rows["uncertainty"].mean()),
+            "mean_uncertainty_pool": float(uncertainty(probs, config.uncertainty).mean()),
+            "picks": MetadataValue.md(rows[shown].round(4).to_markdown(index=False)),
+            "preview": MetadataValue.md(markdown_image(preview, "picked for labelling, in rank order")),
         }
     )

@@ -109,7 +109,9 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
             "added": run.added,
             "removed": run.removed,
             "relabelled": run.relabelled,
+            "labelled_by_labellers": run.decisions.get("label", 0),
             "pixels_written": run.pixels_written,
+            "images_fingerprinted": run.fingerprinted,
             "clean_seq": run.clean_seq,
             "path": MetadataValue.path(run.store),
             "review_decisions_applied": MetadataValue.json(run.decisions),
@@ -155,7 +157,9 @@ def class_shares(class_counts: dict) -> pd.DataFrame:
         "every image of a version built whole), none of them twice in the version (an image keeps one "
         "row, so one split), split shares within "
         f"{MAX_Z:g} binomial standard errors of their targets, overall and within each class "
-        "(stratification), and every class present in every split. A model trained on a broken "
+        "(stratification), every class present in every split, and no near-duplicate pair (a re-encoded, "
+        "resized or slightly altered copy) with its two images in different splits: a picture in train and "
+        "test makes the test error a lie. A model trained on a broken "
         "dataset version is wasted compute and a misleading evaluation. Only a pass publishes the version "
         "(it becomes the current one that training and load_split read); a failure, or an error while "
         "auditing, rejects it with the reasons in features.dataset_versions.audit and the published "
@@ -167,13 +171,14 @@ def feature_expectations(context: AssetCheckExecutionContext, lake: DataLake, wa
         meta = version_to_audit(conn, staged_in_run(context))
         try:
             pixels, error = audit_pixels(lake, conn, meta), None
+            leaks = version_leaks(lake, conn, meta, pixels)
         except Exception as exc:  # reported below, as a failed audit
-            pixels, error = None, exc
+            pixels, leaks, error = None, None, exc
     try:
         if error is not None:
             raise error
-        summaries = audit(lake, meta, pixels)
-        names = ("pixels", "split_sizes", "stratification", "classes_per_split")
+        summaries = audit(lake, meta, pixels, leaks)
+        names = ("pixels", "split_sizes", "stratification", "classes_per_split", "near_duplicate_splits")
         passed = all(s.success for s in summaries)
         failures = [
             {
@@ -318,9 +323,34 @@ def audit_pixels(lake: DataLake, conn, meta: dict) -> pd.DataFrame:
     return pixels
 
 
-def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame) -> list:
+def version_leaks(lake: DataLake, conn, meta: dict, pixels: pd.DataFrame) -> pd.DataFrame:
+    """Near-duplicate pairs touching the audited images whose two images sit in different splits of the
+    version (the split guard makes this empty; a leak means the guard was bypassed or broken)."""
+    from dc_pipeline.core.data.dataset_store import open_version
+    from dc_pipeline.core.data.incremental_features import read_head, select_in
+    from dc_pipeline.core.data.incremental_issues import straddling_pairs
+
+    head = read_head(conn)
+    if head is not None and head["dataset_hash"] == meta["dataset_hash"]:
+
+        def split_of(shas: set[str]) -> dict[str, str]:
+            rows = select_in(conn, f"SELECT sha256, split FROM {T.HEAD_MEMBERS} WHERE TRUE", "sha256", shas)
+            return dict(zip(rows["sha256"], rows["split"]))
+
+    else:
+        index = open_version(lake.datasets, meta["dataset_hash"]).index()
+
+        def split_of(shas: set[str]) -> dict[str, str]:
+            rows = index[index["sha256"].isin(shas)]
+            return dict(zip(rows["sha256"], rows["split"]))
+
+    return straddling_pairs(conn, pixels[["sha256", "split"]], split_of)
+
+
+def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame, leaks: pd.DataFrame | None = None) -> list:
     """The expectations of one dataset version, as GX validation summaries: the pixel figures of ``pixels``,
-    split shares, stratification and classes per split from the version's class counts (O(classes))."""
+    split shares, stratification and classes per split from the version's class counts (O(classes)), and no
+    near-duplicate pair across splits (``leaks``)."""
     import numpy as np
 
     from dc_pipeline.core.data.expectations import Expectation as E
@@ -383,6 +413,19 @@ def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame) -> list:
             [E("ExpectColumnValuesToBeBetween", column="classes", min_value=len(classes), max_value=len(classes))],
             id_column="split",
             name="classes_per_split",
+        ),
+        validate(
+            pd.DataFrame(
+                {
+                    "pair": (leaks["sha256_a"].str[:12] + "~" + leaks["sha256_b"].str[:12]).tolist()
+                    if leaks is not None and len(leaks)
+                    else ["(none)"],
+                    "straddles": [True] * len(leaks) if leaks is not None and len(leaks) else [False],
+                }
+            ),
+            [E("ExpectColumnValuesToBeInSet", column="straddles", value_set=[False])],
+            id_column="pair",
+            name="near_duplicate_splits",
         ),
     ]
     return summaries

@@ -104,6 +104,18 @@ def overview_png(table) -> bytes:
     return figure_png(fig)
 
 
+def batch_label_indices(labels, classes: list[int]) -> list | None:
+    """A batch's labels as output indices, None for an unlabelled image; None when no image is labelled
+    (the label-free parts of the report still run: statistics, embeddings, predictions)."""
+    import pandas as pd
+
+    present = pd.notna(labels)
+    if not present.any():
+        return None
+    lookup = {c: i for i, c in enumerate(classes)}
+    return [lookup[int(v)] if ok else None for v, ok in zip(labels, present)]
+
+
 def run_drift_report(context, source: str, batch_id: str, lake: DataLake, warehouse: Warehouse):
     """Read the batch and the champion's reference, call the drift core, store and render the report."""
     import json
@@ -157,7 +169,7 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
         ref_probs=test_probs,
         cur_probs=cur_probs,
         ref_labels=class_index(y_ref, classes),
-        cur_labels=class_index(rows["label"], classes),
+        cur_labels=batch_label_indices(rows["label"], classes),
         ref_sources=ref_sources.tolist(),
         cur_sources=rows["source"].tolist(),
         test_labels=class_index(y_test, classes),

@@ -1,0 +1,136 @@
+"""Checks on the data issues the features run finds in new images: near-duplicates, quality issues, outliers.
+
+All three warn: they point at images worth a look, not at wrong data. What would be wrong, a near-duplicate
+group split across train and test, is part of the blocking audit ``feature_expectations``.
+"""
+
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+
+from dc_pipeline.catalog import DATASET_VERSION, DUCKDB_POOL
+from dc_pipeline.defs.resources import Warehouse
+
+QUALITY_WARN_SHARE = 0.05  # share of the newest images with a quality issue above which the check warns
+OUTLIER_WARN_SHARE = 0.02
+PREVIEW = 16
+
+
+def _preview(conn, shas: list[str], titles: list[str]) -> str:
+    from dc_pipeline.core.curation.data_issues import issue_preview_png
+    from dc_pipeline.core.data.incremental_issues import thumbnails
+    from dc_pipeline.core.plots import markdown_image
+
+    thumbs = thumbnails(conn, shas)
+    kept = [(thumbs[s], t) for s, t in zip(shas, titles) if s in thumbs]
+    if not kept:
+        return "_nothing to show_"
+    import numpy as np
+
+    return markdown_image(issue_preview_png(np.stack([k[0] for k in kept]), [k[1] for k in kept]), "preview")
+
+
+@asset_check(
+    asset=DATASET_VERSION,
+    name="near_duplicates",
+    blocking=False,
+    pool=DUCKDB_POOL,
+    description=(
+        "Warning only. Near-duplicates among the newest images and against everything stored before: images "
+        "with different bytes that show the same picture (re-encoded, resized, slightly noisy or cropped "
+        "copies), found by perceptual hash and verified on thumbnails (features.near_duplicates). They are "
+        "grouped so that a group never straddles splits (blocking, in feature_expectations); a reviewer may "
+        "still want to exclude redundant copies."
+    ),
+)
+def near_duplicates(warehouse: Warehouse) -> AssetCheckResult:
+    from dc_pipeline.catalog import T
+    from dc_pipeline.core.data.incremental_issues import newest_findings
+
+    with warehouse.get_connection() as conn:
+        found = newest_findings(conn)
+        pairs = found["near_duplicates"]
+        total = conn.execute(f"SELECT count(*) FROM {T.NEAR_DUPLICATES}").fetchall()[0][0]
+        groups = conn.execute(
+            f"SELECT count(DISTINCT anchor), coalesce(max(n), 0) FROM (SELECT anchor, count(*) AS n FROM "
+            f"{T.NEAR_DUPLICATE_GROUPS} GROUP BY anchor)"
+        ).fetchall()[0]
+        top = pairs.head(PREVIEW // 2)
+        shas = [s for a, b in zip(top["sha256_a"], top["sha256_b"]) for s in (a, b)]
+        titles = [
+            f"{s[:6]} d={d:.3f}" for a, b, d in zip(top["sha256_a"], top["sha256_b"], top["distance"]) for s in (a, b)
+        ]
+        preview = _preview(conn, shas, titles) if len(top) else "_none_"
+    return AssetCheckResult(
+        passed=pairs.empty,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "newest_images": int(len(found["images"])),
+            "pairs_among_newest": int(len(pairs)),
+            "pairs_total": int(total),
+            "groups_total": int(groups[0]),
+            "largest_group": int(groups[1]),
+            "pairs": MetadataValue.md(
+                pairs.drop(columns=["found_at"]).head(20).round(4).to_markdown(index=False) if len(pairs) else "_none_"
+            ),
+            "preview": MetadataValue.md(preview),
+        },
+    )
+
+
+def _issue_check(kind: str, table_key: str, bound: float, warehouse: Warehouse) -> AssetCheckResult:
+    from dc_pipeline.core.data.incremental_issues import newest_findings
+
+    with warehouse.get_connection() as conn:
+        found = newest_findings(conn)
+        rows = found[table_key]
+        n = max(len(found["images"]), 1)
+        share = rows["sha256"].nunique() / n if len(rows) else 0.0
+        top = rows.drop_duplicates("sha256").head(PREVIEW)
+        titles = [f"{r.get('issue', kind)} {r['score']:.1f}" for r in top.to_dict("records")]
+        preview = _preview(conn, top["sha256"].tolist(), titles) if len(top) else "_none_"
+    counts = rows["issue"].value_counts().to_dict() if "issue" in rows.columns and len(rows) else {}
+    return AssetCheckResult(
+        passed=share <= bound,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "newest_images": int(len(found["images"])),
+            f"{kind}_images": int(rows["sha256"].nunique()) if len(rows) else 0,
+            "share": round(float(share), 4),
+            "warn_above": bound,
+            **({"per_issue": MetadataValue.json({str(k): int(v) for k, v in counts.items()})} if counts else {}),
+            "findings": MetadataValue.md(
+                rows.drop(columns=["found_at"]).head(20).round(3).to_markdown(index=False) if len(rows) else "_none_"
+            ),
+            "preview": MetadataValue.md(preview),
+        },
+    )
+
+
+@asset_check(
+    asset=DATASET_VERSION,
+    name="image_quality",
+    blocking=False,
+    pool=DUCKDB_POOL,
+    description=(
+        "Warning only, when more than 5% of the newest images have a quality issue: too dark, too light, "
+        "blurry, low information (judged against the robust spread of every image seen so far) or an odd size "
+        "for their source (features.quality_issues). Such images may still be right; many of them at once "
+        "usually mean a sensor or delivery problem."
+    ),
+)
+def image_quality(warehouse: Warehouse) -> AssetCheckResult:
+    return _issue_check("quality", "quality", QUALITY_WARN_SHARE, warehouse)
+
+
+@asset_check(
+    asset=DATASET_VERSION,
+    name="outliers",
+    blocking=False,
+    pool=DUCKDB_POOL,
+    description=(
+        "Warning only, when more than 2% of the newest images are outliers: far from every other image on their "
+        "quality figures taken together (features.outliers). An outlier is a candidate for review or exclusion, "
+        "or the first sign of a new kind of input."
+    ),
+)
+def outliers(warehouse: Warehouse) -> AssetCheckResult:
+    return _issue_check("outlier", "outliers", OUTLIER_WARN_SHARE, warehouse)

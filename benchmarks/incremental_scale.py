@@ -216,7 +216,8 @@ def run_summary(result) -> dict:
     failed = []
     for e in result.all_events:
         if e.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            steps[e.step_key] = steps.get(e.step_key, 0.0) + e.event_specific_data.duration_ms / 1000
+            duration = getattr(e.event_specific_data, "duration_ms", None) or 0.0  # a failure carries none
+            steps[e.step_key] = steps.get(e.step_key, 0.0) + duration / 1000
             if e.event_type_value == "STEP_FAILURE":
                 failed.append(e.step_key)
     checks = {e.check_name: bool(e.passed) for e in result.get_asset_check_evaluations()}

@@ -44,7 +44,7 @@ def test_fingerprints_columns_bands_and_a_constant_image(digits):
     *_, fp = digits
     for col in ["dhash", *di.BAND_COLUMNS]:
         assert fp[col].dtype == np.int64
-    for col in ["brightness", "contrast", "dark_share", "light_share", "sharpness", "entropy", *di.REFERENCE_FIGURES]:
+    for col in ["brightness", "contrast", "sharpness", "entropy", *di.REFERENCE_FIGURES]:
         assert fp[col].dtype == np.float64
     assert all(len(t) == S * S for t in fp["thumb"])
     u = fp["dhash"].to_numpy().view(np.uint64)

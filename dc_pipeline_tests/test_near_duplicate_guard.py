@@ -59,3 +59,29 @@ def test_a_version_with_a_near_duplicate_pair_across_splits_is_not_published(pip
     assert not evaluation.passed
     leak = evaluation.metadata["near_duplicate_splits.column_values_to_be_in_set[straddles]"].value
     assert leak["unexpected_count"] == 1
+
+
+def test_quality_issues_of_a_new_batch_are_found_and_warned_about(pipeline):
+    from dc_pipeline.demo.batches import write_demo_batch
+
+    pipeline.ingest_all()
+    first = pipeline.refresh_data()
+    assert first.success
+    assert pipeline.check_passed(first, "image_quality") == [True]  # ordinary digits
+    inverted = write_demo_batch(pipeline.landing, "field_app", n=40, drift="invert", seed=3).name
+    pipeline.ingest("field_app", inverted)
+    result = pipeline.refresh_data()
+    assert result.success, "quality issues warn, they do not block"
+    assert pipeline.check_passed(result, "image_quality") == [False]
+    found = pipeline.sql(
+        "SELECT q.issue, count(*) AS n FROM features.quality_issues q JOIN clean.images i USING (sha256) "
+        "WHERE i.batch_id = ? GROUP BY 1",
+        [inverted],
+    )
+    issues = dict(zip(found["issue"], found["n"]))
+    assert issues.get("light", 0) >= 30, issues  # white background, dark ink: far lighter than the rest
+    older = pipeline.sql(
+        "SELECT count(*) AS n FROM features.quality_issues q JOIN clean.images i USING (sha256) WHERE i.batch_id <> ?",
+        [inverted],
+    ).n.item()
+    assert older <= 0.02 * pipeline.sql("SELECT count(*) AS n FROM clean.images").n.item()

@@ -43,6 +43,8 @@ import pandas as pd
 FINGERPRINT_SIZE = 16
 HASH_TOLERANCE = 4 / 255
 N_BANDS = 4
+MAX_HAMMING = 3  # differing hash bits a near-duplicate may have (at most N_BANDS - 1 for the band lookup)
+MAX_DISTANCE = 0.03  # mean absolute thumbnail difference, after removing the mean difference
 BAND_COLUMNS = [f"band{k}" for k in range(N_BANDS)]
 REFERENCE_FIGURES = ["brightness", "contrast", "log_sharpness", "entropy"]
 ISSUES = ("dark", "light", "blurry", "low_information", "odd_size", "outlier")
@@ -91,8 +93,6 @@ def fingerprints(x: np.ndarray) -> pd.DataFrame:
     out["thumb"] = pd.Series([t.tobytes() for t in thumbs], dtype=object)
     out["brightness"] = flat.mean(axis=1)
     out["contrast"] = flat.std(axis=1)
-    out["dark_share"] = (flat < 0.1).mean(axis=1)
-    out["light_share"] = (flat > 0.9).mean(axis=1)
     out["sharpness"] = sharpness
     out["log_sharpness"] = np.log10(sharpness + 1e-6)
     out["entropy"] = entropy + 0.0  # no -0.0
@@ -106,7 +106,7 @@ def band_keys(new: pd.DataFrame) -> dict[str, list[int]]:
 
 
 def near_duplicate_pairs(
-    new: pd.DataFrame, candidates: pd.DataFrame, max_hamming: int = 3, max_distance: float = 0.03
+    new: pd.DataFrame, candidates: pd.DataFrame, max_hamming: int = MAX_HAMMING, max_distance: float = MAX_DISTANCE
 ) -> pd.DataFrame:
     """Verified near-duplicate pairs among ``new`` and between ``new`` and ``candidates`` (both with sha256,
     dhash, thumb): ``sha256_a < sha256_b``, ``hamming``, ``distance``. Pairs among candidates alone are not

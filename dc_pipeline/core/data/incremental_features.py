@@ -35,6 +35,7 @@ from dc_pipeline.core.data.dataset_store import (
     version_hash,
 )
 from dc_pipeline.core.data.features import SPLITS, STAT_COLUMNS, split_of
+from dc_pipeline.core.data.incremental_cleaning import select_in
 
 STAGED, PUBLISHED, REJECTED, SUPERSEDED = "staged", "published", "rejected", "superseded"
 SPLIT_RULE = "near-duplicate-group-anchor"
@@ -97,17 +98,6 @@ def _chunks(values: Iterable, size: int = IN_CHUNK) -> Iterator[list]:
     items = sorted({v for v in values if v is not None and v == v})
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def select_in(conn, sql: str, column: str, values: Iterable, params: list | None = None) -> pd.DataFrame:
-    """``sql`` (ending in a WHERE clause) restricted to ``column IN values``: one indexed lookup per chunk."""
-    frames = [
-        conn.execute(f"{sql} AND {column} IN ({', '.join('?' * len(c))})", [*(params or []), *c]).df()
-        for c in _chunks(values)
-    ]
-    if not frames:
-        return conn.execute(f"{sql} AND FALSE", params or []).df()
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def read_head(conn) -> dict | None:

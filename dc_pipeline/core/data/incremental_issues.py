@@ -72,14 +72,22 @@ def compute_fingerprints(objects, rows: pd.DataFrame) -> pd.DataFrame:
     return fp
 
 
-def _candidates(conn, fp: pd.DataFrame) -> pd.DataFrame:
-    """Stored fingerprints sharing a band with one of ``fp``'s: the only images that can be near-duplicates."""
-    frames = [
-        _select_in(conn, f"SELECT sha256, dhash, thumb, {band} FROM {T.FINGERPRINTS} WHERE TRUE", band, fp[band])
-        for band in BANDS
-    ]
-    found = pd.concat([f[["sha256", "dhash", "thumb"]] for f in frames], ignore_index=True)
-    return found.drop_duplicates("sha256").reset_index(drop=True)
+def _candidates(conn, fp: pd.DataFrame, max_hamming: int = di.MAX_HAMMING) -> pd.DataFrame:
+    """Stored fingerprints that share a band with one of ``fp``'s and lie within ``max_hamming`` bits of it:
+    the only images that can be near-duplicates. The band equi-joins and the Hamming filter run in DuckDB, so a
+    common band value (a blank region hashes to zero bits) does not bring its thousands of images into memory;
+    only the survivors' thumbnails are read."""
+    conn.register("_new_fingerprints", fp[["sha256", "dhash", *BANDS]])
+    try:
+        near = " UNION ".join(
+            f"SELECT f.sha256 FROM {T.FINGERPRINTS} f JOIN _new_fingerprints n ON f.{band} = n.{band} "
+            f"WHERE bit_count(xor(f.dhash, n.dhash)) <= {int(max_hamming)}"
+            for band in BANDS
+        )
+        shas = [r[0] for r in conn.execute(near).fetchall()]
+    finally:
+        conn.unregister("_new_fingerprints")
+    return _select_in(conn, f"SELECT sha256, dhash, thumb FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)
 
 
 def _anchors(conn, column: str, values) -> dict[str, str]:

@@ -28,7 +28,7 @@ def image_stats_of(conn, sha256s, image_size: int, dataset_hash: str):
     """Image statistics (and device) of ``sha256s`` at ``image_size``: the rows written once per image, or for a
     version of a release before 0.3, the rows written for that version."""
     from dc_pipeline.core.data.features import STAT_COLUMNS
-    from dc_pipeline.core.data.incremental_features import select_in
+    from dc_pipeline.core.data.incremental_cleaning import select_in
 
     columns = ", ".join(["sha256", *STAT_COLUMNS, "device_id"])
     rows = select_in(

@@ -30,7 +30,8 @@ from dc_pipeline.warehouse.queries import published_dataset_hash
 # SUPERSEDED).
 
 # Splits are drawn by hash, so their shares scatter binomially around the targets. A share more than
-# MAX_Z standard errors from its target (overall, or within one class) means the split is broken.
+# MAX_Z standard errors from its target (overall, or within one class) means the split is broken. A
+# near-duplicate group is drawn once, so the errors are widened by the design effect (members per draw).
 MAX_Z = 4.0
 
 
@@ -156,7 +157,8 @@ def class_shares(class_counts: dict) -> pd.DataFrame:
         "pixels were stored) for each image the version added or relabelled (and any unaudited ancestor did; "
         "every image of a version built whole), none of them twice in the version (an image keeps one "
         "row, so one split), split shares within "
-        f"{MAX_Z:g} binomial standard errors of their targets, overall and within each class "
+        f"{MAX_Z:g} binomial standard errors of their targets (a near-duplicate group is one draw: the errors "
+        "widen by the design effect), overall and within each class "
         "(stratification), every class present in every split, and no near-duplicate pair (a re-encoded, "
         "resized or slightly altered copy) with its two images in different splits: a picture in train and "
         "test makes the test error a lie. A model trained on a broken "
@@ -172,12 +174,13 @@ def feature_expectations(context: AssetCheckExecutionContext, lake: DataLake, wa
         try:
             pixels, error = audit_pixels(lake, conn, meta), None
             leaks = version_leaks(lake, conn, meta, pixels)
+            units = split_units(lake, conn, meta)
         except Exception as exc:  # reported below, as a failed audit
-            pixels, leaks, error = None, None, exc
+            pixels, leaks, units, error = None, None, None, exc
     try:
         if error is not None:
             raise error
-        summaries = audit(lake, meta, pixels, leaks)
+        summaries = audit(lake, meta, pixels, leaks, units)
         names = ("pixels", "split_sizes", "stratification", "classes_per_split", "near_duplicate_splits")
         passed = all(s.success for s in summaries)
         failures = [
@@ -195,6 +198,8 @@ def feature_expectations(context: AssetCheckExecutionContext, lake: DataLake, wa
         for name, s in zip(names, summaries):
             metadata.update(s.metadata(prefix=f"{name}."))
         metadata["report"] = MetadataValue.md("\n\n".join(s.markdown() for s in summaries))
+        metadata["split_units"] = units
+        metadata["design_effect"] = round(design_effect(meta, units), 3)
     except Exception as exc:  # fail closed: a version that cannot be audited is not published
         passed, failures = False, [{"check": "audit", "error": f"{type(exc).__name__}: {exc}"}]
         metadata = {"error": MetadataValue.text(failures[0]["error"])}
@@ -327,7 +332,8 @@ def version_leaks(lake: DataLake, conn, meta: dict, pixels: pd.DataFrame) -> pd.
     """Near-duplicate pairs touching the audited images whose two images sit in different splits of the
     version (the split guard makes this empty; a leak means the guard was bypassed or broken)."""
     from dc_pipeline.core.data.dataset_store import open_version
-    from dc_pipeline.core.data.incremental_features import read_head, select_in
+    from dc_pipeline.core.data.incremental_cleaning import select_in
+    from dc_pipeline.core.data.incremental_features import read_head
     from dc_pipeline.core.data.incremental_issues import straddling_pairs
 
     head = read_head(conn)
@@ -347,10 +353,41 @@ def version_leaks(lake: DataLake, conn, meta: dict, pixels: pd.DataFrame) -> pd.
     return straddling_pairs(conn, pixels[["sha256", "split"]], split_of)
 
 
-def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame, leaks: pd.DataFrame | None = None) -> list:
+def split_units(lake: DataLake, conn, meta: dict) -> int:
+    """How many independent split draws the version's members are: a near-duplicate group is one (its split
+    comes from its anchor), every other image one. A SQL aggregate for the head version."""
+    from dc_pipeline.core.data.dataset_store import open_version
+    from dc_pipeline.core.data.incremental_cleaning import select_in
+    from dc_pipeline.core.data.incremental_features import read_head
+
+    head = read_head(conn)
+    if head is not None and head["dataset_hash"] == meta["dataset_hash"]:
+        return int(
+            conn.execute(
+                f"SELECT count(DISTINCT coalesce(g.anchor, m.sha256)) FROM {T.HEAD_MEMBERS} m "
+                f"LEFT JOIN {T.NEAR_DUPLICATE_GROUPS} g USING (sha256)"
+            ).fetchall()[0][0]
+        )
+    shas = open_version(lake.datasets, meta["dataset_hash"]).index()["sha256"]
+    groups = select_in(conn, f"SELECT sha256, anchor FROM {T.NEAR_DUPLICATE_GROUPS} WHERE TRUE", "sha256", shas)
+    anchor = dict(zip(groups["sha256"], groups["anchor"]))
+    return len({anchor.get(s, s) for s in shas})
+
+
+def design_effect(meta: dict, units: int | None) -> float:
+    """Members per split draw (at least 1): split shares scatter over draws, not images, so their standard
+    error grows by its square root."""
+    members = int(meta.get("n_images") or 0)
+    return max(members / units, 1.0) if units else 1.0
+
+
+def audit(
+    lake: DataLake, meta: dict, pixels: pd.DataFrame, leaks: pd.DataFrame | None = None, units: int | None = None
+) -> list:
     """The expectations of one dataset version, as GX validation summaries: the pixel figures of ``pixels``,
-    split shares, stratification and classes per split from the version's class counts (O(classes)), and no
-    near-duplicate pair across splits (``leaks``)."""
+    split shares, stratification and classes per split from the version's class counts (O(classes)), with
+    the binomial standard errors widened by the design effect of near-duplicate groups (``units``: split
+    draws), and no near-duplicate pair across splits (``leaks``)."""
     import numpy as np
 
     from dc_pipeline.core.data.expectations import Expectation as E
@@ -364,8 +401,10 @@ def audit(lake: DataLake, meta: dict, pixels: pd.DataFrame, leaks: pd.DataFrame 
         "test": meta["test_share"],
     }
 
+    deff = design_effect(meta, units)
+
     def z(share: float, target: float, n: int) -> float:
-        return abs(share - target) / float(np.sqrt(target * (1 - target) / max(n, 1)))
+        return abs(share - target) / float(np.sqrt(deff * target * (1 - target) / max(n, 1)))
 
     total = int(counts.to_numpy().sum())
     per_split = counts.sum(axis=0)

@@ -114,9 +114,12 @@ def test_labels_come_back_through_the_reviews_source_into_the_next_version(loop)
     members = loop.sql("SELECT count(*) AS n FROM features.members WHERE source = ?", [PRODUCTION_SOURCE]).n.item()
     assert members == 50
 
-    # Answered items leave the queue's open set: the next unlabelled batch tops it up again.
-    assert simulate_labelling(loop.data)[1] == {"label": 0, "left_open": 0}
+    # Answered items leave the queue's open set, and the run that took the answers in tops it up again from
+    # the 70 images still unlabelled; a new unlabelled batch finds the queue at its budget.
+    queue = loop.sql("SELECT * FROM curation.labelling_queue ORDER BY queued_at, rank")
+    assert len(queue) == 100 and queue["sha256"].is_unique
+    assert not set(queue["sha256"].iloc[50:]) & set(decisions["sha256"])
     write_demo_batch(loop.landing, PRODUCTION_SOURCE, n=60, drift="none", seed=4)
     loop.tick()
-    queue = loop.sql("SELECT * FROM curation.labelling_queue")
-    assert len(queue) == 100 and queue["sha256"].is_unique
+    assert len(loop.sql("SELECT * FROM curation.labelling_queue")) == 100
+    assert simulate_labelling(loop.data)[1] == {"label": 50, "left_open": 0}

@@ -37,12 +37,15 @@ def ingestion_jobs(sources: list[str], review_sources: list[str] = (), unlabelle
         )
         for s in sources
     ]
+    # Answers to the labelling queue arrive as reviews: the same run tops the queue up again.
+    queue = [LABELLING_QUEUE] if unlabelled_sources else []
     return jobs + [
         define_asset_job(
             ingest_job_name(s),
-            selection=AssetSelection.assets(raw_key(s)) | AssetSelection.groups(*DATA_GROUPS),
+            selection=AssetSelection.assets(raw_key(s), *queue) | AssetSelection.groups(*DATA_GROUPS),
             partitions_def=batches_of(s),
-            description=f"Ingest one batch of reviewers' decisions from `{s}` and build the curated dataset version.",
+            description=f"Ingest one batch of reviewers' decisions from `{s}` and build the curated dataset version"
+            + (", then top the labelling queue up again." if queue else "."),
         )
         for s in review_sources
     ]

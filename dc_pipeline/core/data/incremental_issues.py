@@ -2,12 +2,11 @@
 
 The features run calls this for the images cleaning changed (labelled or not). Each image is fingerprinted once
 (``features.fingerprints``); its near-duplicate candidates are the stored images sharing one of its four hash
-bands (index-free key lookups), verified on the thumbnails; the pairs found join groups whose anchor is the
-image of the group that arrived first, so an image keeps its split when near-copies of it arrive. The split of
-a dataset member is drawn from its group's anchor: a near-duplicate group never straddles train, validation
-and test. Quality
-issues and outliers are judged against the robust figures (median, MAD) of every image fingerprinted so far,
-computed in SQL.
+bands within a few hash bits (equi-joins in DuckDB), verified on the thumbnails; the pairs found join groups
+whose anchor is the image of the group that arrived first, so an image keeps its split when near-copies of it
+arrive. The split of a dataset member is drawn from its group's anchor: a near-duplicate group never straddles
+train, validation and test. Quality issues and outliers are judged against the robust figures (median, MAD) of
+every image fingerprinted so far, computed in SQL.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ import pandas as pd
 
 from dc_pipeline.catalog import T
 from dc_pipeline.core.curation import data_issues as di
+from dc_pipeline.core.data.incremental_cleaning import delete_in, select_in
 
-BANDS = ("band0", "band1", "band2", "band3")
+BANDS = di.BAND_COLUMNS
 FINGERPRINT_COLUMNS = [
     "sha256",
     "dhash",
@@ -41,15 +41,9 @@ OUTLIER = "outlier"
 MAD_TO_SD = 1.4826  # the median absolute deviation of normal data times this is its standard deviation
 
 
-def _select_in(conn, sql: str, column: str, values, params: list | None = None) -> pd.DataFrame:
-    from dc_pipeline.core.data.incremental_cleaning import select_in
-
-    return select_in(conn, sql, column, values, params)
-
-
 def missing_fingerprints(conn, shas) -> list[str]:
     """The sha256s among ``shas`` not fingerprinted yet."""
-    known = set(_select_in(conn, f"SELECT sha256 FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)["sha256"])
+    known = set(select_in(conn, f"SELECT sha256 FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)["sha256"])
     return sorted({s for s in shas if s not in known})
 
 
@@ -87,11 +81,11 @@ def _candidates(conn, fp: pd.DataFrame, max_hamming: int = di.MAX_HAMMING) -> pd
         shas = [r[0] for r in conn.execute(near).fetchall()]
     finally:
         conn.unregister("_new_fingerprints")
-    return _select_in(conn, f"SELECT sha256, dhash, thumb FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)
+    return select_in(conn, f"SELECT sha256, dhash, thumb FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)
 
 
 def _anchors(conn, column: str, values) -> dict[str, str]:
-    rows = _select_in(conn, f"SELECT sha256, anchor FROM {T.NEAR_DUPLICATE_GROUPS} WHERE TRUE", column, values)
+    rows = select_in(conn, f"SELECT sha256, anchor FROM {T.NEAR_DUPLICATE_GROUPS} WHERE TRUE", column, values)
     return dict(zip(rows["sha256"], rows["anchor"]))
 
 
@@ -114,12 +108,13 @@ def _reference(conn) -> tuple[dict, dict]:
 
 
 def _regroup(conn, pairs: pd.DataFrame) -> dict[str, str]:
-    """Anchors after ``pairs`` join the stored groups (``data_issues.near_duplicate_anchors``: the earliest
-    fingerprinted anchor wins, so an image in the dataset keeps its split when near-copies of it arrive)."""
+    """Anchors after ``pairs`` join the stored groups (``data_issues.near_duplicate_anchors``: a group's
+    earliest-fingerprinted image is its anchor, so an image in the dataset keeps its split when near-copies of
+    it arrive)."""
     shas = set(pairs["sha256_a"]) | set(pairs["sha256_b"])
     known = anchors_of(conn, shas)
     members = _anchors(conn, "anchor", set(known.values())) if known else {}
-    arrived = _select_in(
+    arrived = select_in(
         conn,
         f"SELECT sha256, fingerprinted_at FROM {T.FINGERPRINTS} WHERE TRUE",
         "sha256",
@@ -132,7 +127,6 @@ def _regroup(conn, pairs: pd.DataFrame) -> dict[str, str]:
 def record_data_issues(conn, fp: pd.DataFrame) -> set[str]:
     """Store ``fp`` (new fingerprints), find their near-duplicates, regroup, and judge their quality; in the
     caller's transaction. Returns the sha256s whose group anchor changed (their split may change)."""
-    from dc_pipeline.core.data.incremental_cleaning import delete_in
     from dc_pipeline.warehouse.io import append_rows
 
     if fp.empty:
@@ -169,7 +163,7 @@ def straddling_pairs(conn, audited: pd.DataFrame, split_of: Callable[[set[str]],
     ``split_of(shas)`` gives the version's split of each of ``shas`` that is a member."""
     shas = set(audited["sha256"])
     found = [
-        _select_in(conn, f"SELECT sha256_a, sha256_b, hamming, distance FROM {T.NEAR_DUPLICATES} WHERE TRUE", c, shas)
+        select_in(conn, f"SELECT sha256_a, sha256_b, hamming, distance FROM {T.NEAR_DUPLICATES} WHERE TRUE", c, shas)
         for c in ("sha256_a", "sha256_b")
     ]
     pairs = pd.concat(found, ignore_index=True).drop_duplicates(["sha256_a", "sha256_b"])
@@ -202,7 +196,7 @@ def newest_findings(conn) -> dict[str, pd.DataFrame]:
 
 def thumbnails(conn, shas: list[str]) -> dict[str, np.ndarray]:
     """The stored thumbnails (``FINGERPRINT_SIZE`` square, in [0, 1]) of ``shas``."""
-    rows = _select_in(conn, f"SELECT sha256, thumb FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)
+    rows = select_in(conn, f"SELECT sha256, thumb FROM {T.FINGERPRINTS} WHERE TRUE", "sha256", shas)
     size = di.FINGERPRINT_SIZE
     return {
         s: np.frombuffer(bytes(t), np.uint8).reshape(size, size).astype(np.float32) / 255.0

@@ -277,21 +277,18 @@ def labelling_queue(
 
     if config.uncertainty not in ("margin", "entropy"):
         raise ValueError(f"uncertainty must be 'margin' or 'entropy', not {config.uncertainty!r}")
-    queue, decisions = T.LABELLING_QUEUE, T.REVIEW_DECISIONS
+    queue = T.LABELLING_QUEUE
+    unanswered = f"sha256 NOT IN (SELECT sha256 FROM {T.REVIEW_DECISIONS} WHERE decision IN {ANSWERED})"
     with warehouse.get_connection() as conn:
         champion = load_alias_model(conn, lake.artifacts)
-        waiting = conn.execute(
-            f"SELECT count(*) FROM {queue} WHERE sha256 NOT IN "
-            f"(SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED})"
-        ).fetchall()[0][0]
+        waiting = conn.execute(f"SELECT count(*) FROM {queue} WHERE {unanswered}").fetchall()[0][0]
         unlabelled = conn.execute(
-            f"SELECT count(*) FROM {T.CLEAN_IMAGES} WHERE label IS NULL AND sha256 NOT IN "
-            f"(SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED})"
+            f"SELECT count(*) FROM {T.CLEAN_IMAGES} WHERE label IS NULL AND {unanswered}"
         ).fetchall()[0][0]
         room = max(config.budget - int(waiting), 0)
         pool = conn.execute(
             f"SELECT sha256, image_id, source, batch_id, device_id FROM {T.CLEAN_IMAGES} WHERE label IS NULL "
-            f"AND sha256 NOT IN (SELECT sha256 FROM {decisions} WHERE decision IN {ANSWERED}) "
+            f"AND {unanswered} "
             f"AND sha256 NOT IN (SELECT sha256 FROM {queue}) ORDER BY captured_at DESC, sha256 LIMIT ?",
             [config.max_pool],
         ).df()

@@ -2,19 +2,42 @@
 #              `make test` = the whole test suite.
 SHELL := /bin/bash
 PY := .venv/bin/python
+CLUSTER_PY := .venv-cluster/bin/python
 # DC_* settings come from dc_pipeline.settings: exported variables first, then .env, then defaults.
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export GX_ANALYTICS_ENABLED := false
 export TQDM_DISABLE := 1
 PORT ?= 3000
 
-.PHONY: run materialize test lint install demo-data clean-data
+.PHONY: run materialize test lint install demo-data clean-data cluster-install cluster-up cluster-down cluster-status cluster-test
+
+# The local cluster (multi-machine mode on loopback): its folder and ports.
+CLUSTER_DIR ?= /tmp/dc-pipeline-cluster
+CLUSTER_DATA ?= $(CLUSTER_DIR)/data
+PG_PORT ?= 5433
+REDIS_PORT ?= 6380
+S3_PORT ?= 9100
+CLUSTER_UI_PORT ?= 3001
+CLUSTER_ARGS = --dir $(CLUSTER_DIR) --data-dir $(CLUSTER_DATA) --pg-port $(PG_PORT) --redis-port $(REDIS_PORT) \
+  --s3-port $(S3_PORT) --ui-port $(CLUSTER_UI_PORT)
 
 .venv/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || python3.11 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
 	@touch $@
+
+# The multi-machine mode's environment: the same project from requirements-cluster.lock, which differs from
+# requirements.lock in DuckDB (1.5.5: its postgres extension is published on PyPI up to that release) and
+# adds the cluster libraries. A separate environment, so the embedded mode keeps DuckDB 2.0 and the warehouse
+# files it wrote (DuckDB 1.5 cannot open them).
+.venv-cluster/.installed: pyproject.toml requirements-cluster.lock
+	@test -x $(CLUSTER_PY) || python3.11 -m venv .venv-cluster
+	$(CLUSTER_PY) -m pip install --quiet --upgrade pip
+	$(CLUSTER_PY) -m pip install --quiet -c requirements-cluster.lock -e '.[test,cluster]'
+	@touch $@
+
+cluster-install: .venv-cluster/.installed
 
 install: .venv/.installed
 
@@ -33,10 +56,25 @@ run: materialize
 test: install
 	.venv/bin/pytest -q
 
+## Multi-machine mode on this machine: PostgreSQL, Redis, an S3 API server, two Celery workers, the daemon
+## and the webserver, all on 127.0.0.1. `source $(CLUSTER_DIR)/cluster.env` gives a shell the cluster's settings.
+cluster-up: cluster-install
+	.venv-cluster/bin/dc-pipeline cluster up $(CLUSTER_ARGS)
+
+cluster-down: cluster-install
+	.venv-cluster/bin/dc-pipeline cluster down $(CLUSTER_ARGS)
+
+cluster-status: cluster-install
+	.venv-cluster/bin/dc-pipeline cluster status $(CLUSTER_ARGS)
+
+## The cluster test: starts its own cluster on free ports, runs the demo through it, stops it.
+cluster-test: cluster-install
+	.venv-cluster/bin/pytest -q -p no:cacheprovider cluster_tests
+
 ## Lint, format check and definitions validation (what .ci/run runs before the tests).
 lint: install
-	.venv/bin/ruff check dc_pipeline dc_pipeline_tests benchmarks
-	.venv/bin/ruff format --check dc_pipeline dc_pipeline_tests benchmarks
+	.venv/bin/ruff check dc_pipeline dc_pipeline_tests cluster_tests benchmarks
+	.venv/bin/ruff format --check dc_pipeline dc_pipeline_tests cluster_tests benchmarks
 	.venv/bin/dagster definitions validate -m dc_pipeline.definitions
 
 clean-data:

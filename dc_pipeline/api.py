@@ -25,16 +25,16 @@ from dc_pipeline.warehouse.connect import READ_WAIT_SECONDS, WarehouseBusy
 __all__ = ["load_model", "load_split", "LoadedModel", "WarehouseBusy"]
 
 
-def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None = None) -> tuple[Path, Path]:
-    """(data folder, warehouse file): an explicit ``data_dir`` brings its own warehouse; otherwise both come
-    from the settings."""
+def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None = None) -> tuple[Path, str]:
+    """(data folder, warehouse: its DuckDB file or PostgreSQL URL): an explicit ``data_dir`` brings its own
+    warehouse file; otherwise both come from the settings."""
     from dc_pipeline.settings import get_settings
 
     if data_dir is not None:
         data = Path(data_dir).resolve()
-        return data, Path(warehouse) if warehouse else data / "warehouse.duckdb"
+        return data, str(warehouse) if warehouse else str(data / "warehouse.duckdb")
     settings = get_settings()
-    return settings.data_dir, Path(warehouse) if warehouse else settings.warehouse_path
+    return settings.data_dir, str(warehouse) if warehouse else settings.warehouse_location
 
 
 def load_model(

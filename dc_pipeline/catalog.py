@@ -25,6 +25,29 @@ GROUPS = (RAW, CLEAN, FEATURES, AUGMENTATION, TRAINING, EVALUATION, REGISTRY, SC
 # -- pools -------------------------------------------------------------------------------------------------
 DUCKDB_POOL = "duckdb"
 """Every step that opens the embedded DuckDB file: one writer per file, so they run one at a time."""
+HISTORY_POOL = "warehouse_history"
+"""On a shared (PostgreSQL) warehouse: the steps that read shared history, decide and rewrite it (cleaning
+against every earlier image, dataset versions, curation queues, the champion alias), one at a time."""
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+
+
+def warehouse_pool(own_rows: bool = False) -> str | None:
+    """The pool of a step that opens the warehouse. On the embedded DuckDB file every such step is in
+    ``duckdb``. On a shared warehouse only steps that rewrite shared history are serialised (``warehouse_history``);
+    steps that write only their own rows (``own_rows``: one batch's, one model's) run side by side."""
+    from dc_pipeline.settings import get_settings
+
+    if not get_settings().shared_warehouse:
+        return DUCKDB_POOL
+    return None if own_rows else HISTORY_POOL
+
+
+def accelerator_tags() -> dict[str, str]:
+    """Tags of the steps that want an accelerator (training, augmentation, evaluation, scoring, drift): with
+    Celery workers they go to the accelerator queue (``DC_ACCELERATOR_QUEUE``); in one process they mean nothing."""
+    from dc_pipeline.settings import get_settings
+
+    return {CELERY_QUEUE_TAG: get_settings().accelerator_queue}
 
 
 # -- per-source assets and partitions ----------------------------------------------------------------------

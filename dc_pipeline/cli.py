@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from dc_pipeline.settings import Settings, apply_env_file, load_settings
@@ -58,7 +59,7 @@ def cmd_demo_batch(args, s: Settings) -> int:
 def cmd_simulate_labelling(args, s: Settings) -> int:
     from dc_pipeline.ops.review import simulate_labelling
 
-    path, counts = simulate_labelling(s.data_dir, args.top, args.batch_id, s.warehouse_path)
+    path, counts = simulate_labelling(s.data_dir, args.top, args.batch_id, s.warehouse_location)
     if path is None:
         print(f"nothing to answer: {counts}")
         return 0
@@ -69,7 +70,7 @@ def cmd_simulate_labelling(args, s: Settings) -> int:
 def cmd_simulate_review(args, s: Settings) -> int:
     from dc_pipeline.ops.review import simulate_review
 
-    path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth, s.warehouse_path)
+    path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth, s.warehouse_location)
     print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
     return 0
 
@@ -77,15 +78,22 @@ def cmd_simulate_review(args, s: Settings) -> int:
 def cmd_reproduce(args, s: Settings) -> int:
     from dc_pipeline.ops.reproduce import reproduce
 
-    return reproduce(args.version, s.data_dir, s.warehouse_path)
+    return reproduce(args.version, s.data_dir, s.warehouse_location)
 
 
 def cmd_migrate(args, s: Settings) -> int:
+    """Pending migrations, then the raw table of every contract's source: on a shared warehouse that is done
+    once here, before workers start, so two first batches of a source never race to create its table."""
+    from dc_pipeline.core.data.contracts import load_contracts
     from dc_pipeline.warehouse.connect import connect
-    from dc_pipeline.warehouse.migrations import ALERTS, WAREHOUSE
+    from dc_pipeline.warehouse.migrations import ALERTS, WAREHOUSE, ensure_table
+    from dc_pipeline.warehouse.tables import raw_table_spec
 
-    for path, migrations in ((s.warehouse_path, WAREHOUSE), (s.alerts_path, ALERTS)):
+    for path, migrations in ((s.warehouse_location, WAREHOUSE), (s.alerts_path, ALERTS)):
         with connect(path, s.data_dir, migrations=migrations) as conn:
+            if migrations is WAREHOUSE:
+                for source, contract in sorted(load_contracts(s.contracts_dir).sources.items()):
+                    ensure_table(conn, raw_table_spec(source, contract.kind))
             rows = conn.execute(
                 "SELECT number, name, applied_at FROM meta.schema_migrations ORDER BY number"
             ).fetchall()
@@ -96,7 +104,7 @@ def cmd_migrate(args, s: Settings) -> int:
 def cmd_settings(args, s: Settings) -> int:
     for name in Settings.model_fields:
         print(f"DC_{name.upper()}={getattr(s, name) if getattr(s, name) is not None else ''}")
-    print(f"# warehouse file: {s.warehouse_path}")
+    print(f"# warehouse: {s.warehouse_location}")
     return 0
 
 
@@ -124,6 +132,35 @@ def cmd_ui(args, s: Settings) -> int:
         str(args.port),
     ]
     return subprocess.call(cmd, cwd=home, env=env)
+
+
+def cluster_from(args, s: Settings):
+    from dc_pipeline.ops.cluster import LocalCluster
+
+    return LocalCluster(
+        folder=Path(args.dir),
+        data_dir=Path(args.data_dir) if args.data_dir else s.data_dir,
+        pg_port=args.pg_port,
+        redis_port=args.redis_port,
+        s3_port=args.s3_port,
+        ui_port=args.ui_port,
+        accelerator_queue=s.accelerator_queue,
+    )
+
+
+def cmd_cluster(args, s: Settings) -> int:
+    cluster = cluster_from(args, s)
+    if args.action == "up":
+        cluster.up()
+        print(
+            f"cluster up: UI http://127.0.0.1:{cluster.ui_port}, logs {cluster.logs}; its variables: {cluster.env_file}"
+        )
+    elif args.action == "down":
+        print("stopped: " + ", ".join(cluster.down()))
+    else:
+        for name, alive in cluster.running().items():
+            print(f"{name}: {'running' if alive else 'stopped'}")
+    return 0
 
 
 def _image_sources(s: Settings) -> list[str]:
@@ -184,6 +221,24 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply pending warehouse migrations now and list the applied ones")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "cluster",
+        help="start, stop or list the local cluster on 127.0.0.1 (PostgreSQL, Redis, an S3 API server, two Celery "
+        "workers, the daemon and the webserver)",
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--dir",
+        default=str(Path(tempfile.gettempdir()) / "dc-pipeline-cluster"),
+        help="the cluster's state: databases, logs, pids",
+    )
+    p.add_argument("--data-dir", help="the cluster's data folder (landing zone, reports); default: DC_DATA_DIR")
+    p.add_argument("--pg-port", type=int, default=5433)
+    p.add_argument("--redis-port", type=int, default=6380)
+    p.add_argument("--s3-port", type=int, default=9100)
+    p.add_argument("--ui-port", type=int, default=3001)
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("settings", help="print the resolved settings (exported variables over .env)")
     p.set_defaults(func=cmd_settings)

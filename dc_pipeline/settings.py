@@ -53,6 +53,45 @@ class Settings(BaseSettings):
         "may use; 1: decode in the step's own process.",
     )
 
+    warehouse_url: str | None = Field(
+        default=None,
+        description="A PostgreSQL warehouse instead of the DuckDB file (DC_WAREHOUSE_URL, postgresql://user@host:"
+        "port/db): several processes and machines read and write it at once.",
+    )
+    object_store_url: str | None = Field(
+        default=None,
+        description="Where dataset versions and model artifacts live instead of the data folder "
+        "(DC_OBJECT_STORE_URL, s3://bucket/prefix). Credentials: the usual AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY and AWS_REGION variables.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="An S3-compatible server instead of AWS (DC_S3_ENDPOINT_URL, e.g. http://127.0.0.1:9000).",
+    )
+    celery_broker_url: str | None = Field(
+        default=None,
+        description="Run steps on Celery workers through this broker (DC_CELERY_BROKER_URL, redis://host:port/0); "
+        "unset: steps run as processes next to the run.",
+    )
+    celery_backend_url: str | None = Field(
+        default=None, description="Celery result backend (DC_CELERY_BACKEND_URL); default: the broker."
+    )
+    accelerator_queue: str = Field(
+        default="gpu",
+        description="Celery queue of the steps that want an accelerator: training, evaluation, scoring "
+        "(DC_ACCELERATOR_QUEUE). Start the GPU machines' workers on it.",
+    )
+
+    @property
+    def warehouse_location(self) -> str:
+        """What the warehouse resource opens: the PostgreSQL URL, else the DuckDB file."""
+        return self.warehouse_url or str(self.warehouse_path)
+
+    @property
+    def shared_warehouse(self) -> bool:
+        """Whether processes on several machines share the warehouse (PostgreSQL) instead of one file."""
+        return bool(self.warehouse_url)
+
     @property
     def warehouse_path(self) -> Path:
         return self.warehouse or self.data_dir / "warehouse.duckdb"

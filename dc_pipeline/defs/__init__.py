@@ -34,11 +34,11 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     from dc_pipeline.defs.monitoring.assets import build_drift, overview
     from dc_pipeline.defs.raw.assets import build_ingestion
     from dc_pipeline.defs.registry.assets import champion
-    from dc_pipeline.defs.resources import build_resources
+    from dc_pipeline.defs.resources import build_resources, step_executor, step_output_storage
     from dc_pipeline.defs.scoring.assets import build_scoring
     from dc_pipeline.defs.training import assets as training
 
-    resources = resources or build_resources()
+    resources = resources or {**build_resources(), **step_output_storage()}
     kinds = source_kinds(Path(resources["lake"].contracts_dir))
     images = [s for s, k in kinds.items() if k == "images"]
     reviews = [s for s, k in kinds.items() if k == "reviews"]
@@ -76,4 +76,5 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         ],
         schedules=[schedules.nightly_monitoring, schedules.weekly_retrain, schedules.weekly_retention],
         resources=resources,
+        executor=step_executor(),
     )

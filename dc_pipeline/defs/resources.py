@@ -73,7 +73,7 @@ class Warehouse(ConfigurableResource):
     transaction: all of its writes or none, also when the run is killed. While a block is open the file
     is marked as written by this run, so a reader that finds it locked is told which run holds it."""
 
-    database: str = Field(description="Path of the DuckDB file.")
+    database: str = Field(description="Path of the DuckDB file, or the postgresql:// URL of a shared warehouse.")
     data_dir: str = Field(description="Data folder that stored relative paths are relative to.")
     _holder: dict = PrivateAttr(default_factory=dict)
 
@@ -174,7 +174,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     data = str(s.data_dir)
     return {
         "lake": DataLake(root=data, contracts_dir=str(s.contracts_dir)),
-        "warehouse": Warehouse(database=str(s.warehouse_path), data_dir=data),
+        "warehouse": Warehouse(database=s.warehouse_location, data_dir=data),
         "label_audit": LabelAudit(ground_truth_path=str(s.label_ground_truth) if s.label_ground_truth else None),
         "retrain_policy": RetrainPolicy(),
         "retention": RetentionPolicy(),
@@ -190,9 +190,49 @@ def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None,
         update={
             "data_dir": data_dir,
             "warehouse": None,
+            "warehouse_url": None,
             "contracts_dir": Path(contracts_dir or PACKAGED_CONTRACTS),
             "label_ground_truth": truth if truth.exists() else None,
             "alert_webhook": None,
         }
     )
     return {**build_resources(settings), **overrides}
+
+
+def s3_location(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix)."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"object store URL {url!r} is not s3://bucket/prefix")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def step_output_storage(settings: Settings | None = None) -> dict:
+    """Where step outputs that cross processes go: the object store when there is one (steps on other
+    machines read them there), else nothing to add (Dagster's default keeps them on the local disk)."""
+    s = settings or get_settings()
+    if not s.object_store_url:
+        return {}
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    bucket, prefix = s3_location(s.object_store_url)
+    s3 = S3Resource(endpoint_url=s.s3_endpoint_url, use_ssl=not (s.s3_endpoint_url or "").startswith("http://"))
+    return {"io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=bucket, s3_prefix=f"{prefix}/step-outputs")}
+
+
+def step_executor(settings: Settings | None = None):
+    """Celery workers when a broker is configured (``DC_CELERY_BROKER_URL``); None: Dagster's default, each step
+    a process next to the run. Steps tagged with the accelerator queue go to the workers that serve it."""
+    s = settings or get_settings()
+    if not s.celery_broker_url:
+        return None
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(
+        {
+            "broker": s.celery_broker_url,
+            "backend": s.celery_backend_url or s.celery_broker_url,
+            "config_source": {"worker_prefetch_multiplier": 1},
+        },
+        name="celery_workers",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def reproduce(ref: str, data_dir: Path, warehouse: Path | None = None) -> int:
+def reproduce(ref: str, data_dir: Path, warehouse: str | Path | None = None) -> int:
     """Retrain from the recorded dataset hash, config and seed; 0 when the weights' sha256 matches."""
     from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.inference import class_index
@@ -15,7 +15,7 @@ def reproduce(ref: str, data_dir: Path, warehouse: Path | None = None) -> int:
     from dc_pipeline.warehouse.connect import read_warehouse
 
     data = Path(data_dir)
-    db = Path(warehouse or data / "warehouse.duckdb")
+    db = str(warehouse or data / "warehouse.duckdb")
     with read_warehouse(db) as conn:
         record = Registry(conn, data / "artifacts").get(ref)
     classes = record["model_spec"]["classes"]

@@ -11,7 +11,7 @@ def simulate_review(
     top: int = 0,
     batch_id: str | None = None,
     ground_truth: Path | None = None,
-    warehouse: Path | None = None,
+    warehouse: str | Path | None = None,
 ) -> tuple[Path, dict]:
     """A reviewer who knows the truth: relabel the queue's images whose label is wrong, confirm the others."""
     from datetime import datetime
@@ -56,7 +56,7 @@ def simulate_review(
 
 
 def simulate_labelling(
-    data_dir: Path, top: int = 0, batch_id: str | None = None, warehouse: Path | None = None
+    data_dir: Path, top: int = 0, batch_id: str | None = None, warehouse: str | Path | None = None
 ) -> tuple[Path | None, dict]:
     """A labeller who knows the withheld digits: answer the open items of the labelling queue (picked by
     active learning, not yet answered) with a ``label`` decision, as a reviews batch. Items whose record
@@ -68,6 +68,7 @@ def simulate_labelling(
     from dc_pipeline.catalog import T
     from dc_pipeline.core.data.manifests import SUCCESS_MARKER
     from dc_pipeline.demo.landing import UNLABELLED_TRUTH
+    from dc_pipeline.warehouse.backend import is_postgres
     from dc_pipeline.warehouse.connect import read_warehouse
     from dc_pipeline.warehouse.io import table_exists
 
@@ -76,8 +77,8 @@ def simulate_labelling(
     if not truth_file.is_file():
         return None, {"reason": f"{truth_file} not found: deliver unlabelled batches with demo-batch --unlabelled"}
     truth = pd.read_csv(truth_file, dtype={"record_id": str}).drop_duplicates(["source", "record_id"], keep="last")
-    db = Path(warehouse or data / "warehouse.duckdb")
-    if not db.is_file():
+    db = str(warehouse or data / "warehouse.duckdb")
+    if not is_postgres(db) and not Path(db).is_file():
         return None, {"reason": f"no warehouse at {db} yet: nothing has been ingested"}
     with read_warehouse(db) as conn:
         if not table_exists(conn, T.LABELLING_QUEUE):

@@ -1,5 +1,9 @@
 """Opening the warehouse: pending migrations are applied before a read-write connection is handed out.
 
+The warehouse is a DuckDB file (one machine, the default) or a PostgreSQL database that DuckDB attaches
+(``postgresql://...``, the multi-machine mode): the same SQL runs on both, DuckDB executing it and
+PostgreSQL storing the tables, so any number of processes on any machine read and write at once.
+
 DuckDB lets one process at a time open the file (a writer excludes every other process, readers
 included). Opening waits a bounded time for the lock, backing off, and then raises ``WarehouseBusy``
 naming the holder: a read-write connection leaves a marker next to the file (``<file>.writer.json``:
@@ -15,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+from dc_pipeline.warehouse.backend import POSTGRES_CATALOG, is_postgres, postgres_extension
 
 READ_WAIT_SECONDS = 30.0
 """How long readers (the API, notebooks, the CLI) wait for a writer's step to finish."""
@@ -113,6 +119,23 @@ def _remove_marker(path: Path, token: str) -> None:
         pass
 
 
+def _open_postgres(url: str, read_only: bool):
+    """An in-memory DuckDB with the PostgreSQL warehouse attached as its default catalog."""
+    import duckdb
+
+    conn = duckdb.connect(":memory:")
+    try:
+        conn.execute(f"LOAD '{postgres_extension()}'")
+        mode = ", READ_ONLY" if read_only else ""
+        quoted = url.replace("'", "''")
+        conn.execute(f"ATTACH '{quoted}' AS {POSTGRES_CATALOG} (TYPE postgres{mode})")
+        conn.execute(f"USE {POSTGRES_CATALOG}")
+    except Exception:
+        conn.close()
+        raise
+    return conn
+
+
 @contextmanager
 def connect(
     database: str | Path,
@@ -125,7 +148,19 @@ def connect(
     """A DuckDB connection to ``database``, waiting up to ``wait_seconds`` for another process's lock. A
     read-write connection marks the file as written by ``holder`` (``run_id``, ``job``) and first applies
     the pending migrations (each in its own transaction, recorded in ``meta.schema_migrations``; a check of
-    one row when there are none)."""
+    one row when there are none). A PostgreSQL warehouse needs no waiting and no marker: PostgreSQL
+    serves every process at once."""
+    if is_postgres(database):
+        conn = _open_postgres(str(database), read_only)
+        try:
+            if not read_only:
+                from dc_pipeline.warehouse.migrations import WAREHOUSE, migrate
+
+                migrate(conn, data_dir, migrations or WAREHOUSE)
+            yield conn
+        finally:
+            conn.close()
+        return
     path = Path(database).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     wait = wait_seconds if wait_seconds is not None else (READ_WAIT_SECONDS if read_only else WRITE_WAIT_SECONDS)
@@ -146,7 +181,12 @@ def connect(
 @contextmanager
 def read_warehouse(database: str | Path, wait_seconds: float = READ_WAIT_SECONDS) -> Iterator:
     """A read-only connection for readers (the API, notebooks, the CLI). While a run's step writes, it waits
-    up to ``wait_seconds``, then raises ``WarehouseBusy`` naming the run."""
+    up to ``wait_seconds``, then raises ``WarehouseBusy`` naming the run. A PostgreSQL warehouse is read
+    while runs write, without waiting."""
+    if is_postgres(database):
+        with connect(database, None, read_only=True) as conn:
+            yield conn
+        return
     path = Path(database)
     if not path.is_file():
         raise FileNotFoundError(f"no warehouse at {path}: materialize the pipeline first")

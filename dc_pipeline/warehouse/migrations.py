@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dc_pipeline.catalog import RAW, T
+from dc_pipeline.warehouse.backend import postgres_catalog
 from dc_pipeline.warehouse.tables import ALERT_TABLES, TABLES, Table
 
 LEDGER = "meta.schema_migrations"
@@ -35,6 +36,31 @@ def existing_columns(conn, table: str) -> dict[str, str]:
     return dict(rows)
 
 
+def add_column(conn, table: str, column: str, declared: str) -> None:
+    """``ALTER TABLE ... ADD COLUMN``; on a PostgreSQL warehouse the statement goes to PostgreSQL itself
+    with PostgreSQL's name of the type (DuckDB's postgres extension forwards DuckDB's names there)."""
+    catalog = postgres_catalog(conn)
+    if catalog is None:
+        conn.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{column}" {declared}')
+        return
+    schema, name = table.split(".")
+    sql = f'ALTER TABLE "{schema}"."{name}" ADD COLUMN IF NOT EXISTS "{column}" {POSTGRES_TYPES[declared]}'
+    conn.execute("CALL postgres_execute(?, ?)", [catalog, sql])
+    conn.execute("CALL pg_clear_cache()")
+
+
+POSTGRES_TYPES = {
+    "VARCHAR": "text",
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "DOUBLE": "double precision",
+    "BOOLEAN": "boolean",
+    "TIMESTAMP": "timestamp",
+    "BLOB": "bytea",
+    "JSON": "json",
+}
+
+
 def ensure_table(conn, table: Table, until: int | None = None) -> None:
     """Create ``table`` if it is missing, add its missing columns, and give existing columns their declared
     types (older releases took types from the first DataFrame written, e.g. ``"NULL"`` for an empty one)."""
@@ -48,7 +74,7 @@ def ensure_table(conn, table: Table, until: int | None = None) -> None:
             continue
         declared = col.type.split()[0].upper()
         if col.name not in have:
-            conn.execute(f'ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS "{col.name}" {declared}')
+            add_column(conn, table.name, col.name, declared)
         elif have[col.name].upper() != declared:
             conn.execute(
                 f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" SET DATA TYPE {declared} '

@@ -14,7 +14,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from dc_pipeline.catalog import AUGMENTATION, AUGMENTED_SAMPLES, DATASET_VERSION, DUCKDB_POOL
+from dc_pipeline.catalog import AUGMENTATION, AUGMENTED_SAMPLES, DATASET_VERSION, accelerator_tags, warehouse_pool
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
 
@@ -45,7 +45,8 @@ class AugmentedSamplesConfig(AugMixConfig):
     deps=[DATASET_VERSION],
     group_name=AUGMENTATION,
     kinds={"pytorch", "numpy"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(own_rows=True),
+    op_tags=accelerator_tags(),
     description=(
         "AugMix views of a sample of the current training split, for quality control: a preview grid "
         "(original, then its augmented views) and the augmentation config in the metadata."
@@ -106,7 +107,7 @@ def augmented_samples(
     asset=AUGMENTED_SAMPLES,
     name="label_preservation",
     blocking=True,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(own_rows=True),
     description=(
         "Blocking. Augmented samples must still look like their label: a logistic regression trained on "
         "the clean training features must keep at least "

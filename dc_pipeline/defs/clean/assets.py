@@ -17,7 +17,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from dc_pipeline.catalog import CLEAN, DECISIONS, DUCKDB_POOL, IMAGES, LINEAGE, QUARANTINE, T, raw_key
+from dc_pipeline.catalog import CLEAN, DECISIONS, IMAGES, LINEAGE, QUARANTINE, T, raw_key, warehouse_pool
 from dc_pipeline.defs.metadata import counts_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
@@ -109,7 +109,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 ),
             ),
         ],
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(),
     )
     def clean_tables(context: AssetExecutionContext, config: CleaningConfig, lake: DataLake, warehouse: Warehouse):
         from dc_pipeline.core.data.incremental_cleaning import clean_pending, rebuild
@@ -172,7 +172,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         name="accounting",
         blocking=True,
         additional_deps=[QUARANTINE, LINEAGE, DECISIONS],
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(),
         description=(
             "Blocking. For every batch the run cleaned or changed (every batch when the check runs on its own), "
             "images and reviews: records in the manifest = raw rows = accepted + duplicates + quarantined; a "
@@ -208,7 +208,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         asset=IMAGES,
         name="clean_expectations",
         blocking=True,
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(),
         description=(
             "Blocking. Great Expectations, strict (no tolerance), on the rows the run wrote (every row when "
             "the check runs on its own): the canonical columns and their types, image ids and sha256 present "
@@ -302,7 +302,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         asset=IMAGES,
         name="class_balance",
         blocking=False,
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(),
         description=(
             f"Warning only. Every class's share of accepted images lies within {CLASS_BALANCE_BOUNDS} times "
             "the uniform share (Great Expectations on the class shares), and no class is absent. "

@@ -9,13 +9,13 @@ from dc_pipeline.catalog import (
     CHAMPION,
     CURATION,
     DATASET_VERSION,
-    DUCKDB_POOL,
     IMAGE_STATS,
     IMAGES,
     LABEL_ISSUES,
     LABELLING_QUEUE,
     SLICE_ANALYSIS,
     T,
+    warehouse_pool,
 )
 from dc_pipeline.defs.resources import DataLake, LabelAudit, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
@@ -59,7 +59,7 @@ def outstanding_errors(ground_truth_path: str, conn, current) -> set[str]:
     deps=[DATASET_VERSION],
     group_name=CURATION,
     kinds={"scikitlearn", "duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Likely label errors in the current dataset version, by confident learning (Northcutt et al., with "
         "cleanlab) on out-of-fold probabilities from 5-fold cross-validation of a logistic "
@@ -153,7 +153,7 @@ def label_issues(
     deps=[CHAMPION, IMAGE_STATS],
     group_name=CURATION,
     kinds={"pytorch", "duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "The champion's error, count and confidence per source, device, class and per octile of each image "
         "statistic, on the validation and test splits of the current dataset version; flags slices "
@@ -252,7 +252,7 @@ class LabellingConfig(Config):
     deps=[IMAGES, CHAMPION, SLICE_ANALYSIS],
     group_name=CURATION,
     kinds={"pytorch", "duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Active learning: which unlabelled images (production traffic) to send for labelling. Tops the "
         "labelling queue (curation.labelling_queue) up to the budget with the images the champion is least "

@@ -19,10 +19,11 @@ from dc_pipeline.catalog import (
     BASELINE_MODEL,
     CORRUPTED_TEST,
     DATASET_VERSION,
-    DUCKDB_POOL,
     EVALUATION,
     MODEL_EVALUATION,
     T,
+    accelerator_tags,
+    warehouse_pool,
 )
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
@@ -47,7 +48,8 @@ def corrupted_path(lake: DataLake, dataset_hash: str):
     deps=[DATASET_VERSION],
     group_name=EVALUATION,
     kinds={"numpy"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(own_rows=True),
+    op_tags=accelerator_tags(),
     description=(
         "The test split under every corruption of the robustness benchmark (noise, blur, weather-like, "
         "digital and geometric families) at 5 severities, in the spirit of MNIST-C and CIFAR-10-C."
@@ -107,7 +109,8 @@ def load_corrupted(path) -> dict:
     deps=[BASELINE_MODEL, AUGMIX_MODEL, CORRUPTED_TEST],
     group_name=EVALUATION,
     kinds={"pytorch", "duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
+    op_tags=accelerator_tags(),
     description=(
         "Both newly trained models side by side (and the champion, re-evaluated on the same data): clean error, error per corruption and severity, mean "
         "corruption error (mCE) and the AugMix model's relative mCE, calibration (ECE and RMS calibration "
@@ -232,7 +235,7 @@ class PromotionPolicy(Config):
     asset=MODEL_EVALUATION,
     name="promotion_gate",
     blocking=True,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Blocking. The challenger becomes champion only if its mCE beats the champion's by 5% (relative), "
         "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "

@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from dc_pipeline.catalog import DATASET_VERSION, DUCKDB_POOL, FEATURES, IMAGE_STATS, IMAGES, T
+from dc_pipeline.catalog import DATASET_VERSION, FEATURES, IMAGE_STATS, IMAGES, T, warehouse_pool
 from dc_pipeline.core.data.incremental_features import PUBLISHED, REJECTED, STAGED, SUPERSEDED
 from dc_pipeline.defs.metadata import counts_markdown, table_metadata
 from dc_pipeline.defs.resources import DataLake, Warehouse
@@ -75,7 +75,7 @@ class FeaturesConfig(Config):
             ),
         ),
     ],
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
 )
 def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataLake, warehouse: Warehouse):
     from dc_pipeline.core.data.incremental_features import SplitSettings, write_features
@@ -150,7 +150,7 @@ def class_shares(class_counts: dict) -> pd.DataFrame:
     asset=DATASET_VERSION,
     name="feature_expectations",
     blocking=True,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Blocking, and the gate of publication: Great Expectations on the dataset version just written "
         "(staged): every pixel in [0, 1] and no NaN (per-image min, max and NaN count, recorded when the "

@@ -6,7 +6,7 @@ group split across train and test, is part of the blocking audit ``feature_expec
 
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
-from dc_pipeline.catalog import DATASET_VERSION, DUCKDB_POOL
+from dc_pipeline.catalog import DATASET_VERSION, warehouse_pool
 from dc_pipeline.defs.resources import Warehouse
 
 QUALITY_WARN_SHARE = 0.05  # share of the newest images with a quality issue above which the check warns
@@ -32,7 +32,7 @@ def _preview(conn, shas: list[str], titles: list[str]) -> str:
     asset=DATASET_VERSION,
     name="near_duplicates",
     blocking=False,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Warning only. Near-duplicates among the newest images and against everything stored before: images "
         "with different bytes that show the same picture (re-encoded, resized, slightly noisy or cropped "
@@ -109,7 +109,7 @@ def _issue_check(kind: str, table_key: str, bound: float, warehouse: Warehouse) 
     asset=DATASET_VERSION,
     name="image_quality",
     blocking=False,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Warning only, when more than 5% of the newest images have a quality issue: too dark, too light, "
         "blurry, low information (judged against the robust spread of every image seen so far) or an odd size "
@@ -125,7 +125,7 @@ def image_quality(warehouse: Warehouse) -> AssetCheckResult:
     asset=DATASET_VERSION,
     name="outliers",
     blocking=False,
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Warning only, when more than 2% of the newest images are outliers: far from every other image on their "
         "quality figures taken together (features.outliers). An outlier is a candidate for review or exclusion, "

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from dagster import Config, MetadataValue, OpExecutionContext, Out, Output, job, op
 from pydantic import Field
 
-from dc_pipeline.catalog import DUCKDB_POOL, PRUNE_JOB, T
+from dc_pipeline.catalog import PRUNE_JOB, T, warehouse_pool
 from dc_pipeline.defs.resources import DataLake, RetentionPolicy, Warehouse
 
 
@@ -15,7 +15,7 @@ class PruneConfig(Config):
     )
 
 
-@op(pool=DUCKDB_POOL, out=Out(dict))
+@op(pool=warehouse_pool(), out=Out(dict))
 def prune_versions(
     context: OpExecutionContext, config: PruneConfig, lake: DataLake, warehouse: Warehouse, retention: RetentionPolicy
 ):

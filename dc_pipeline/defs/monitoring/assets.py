@@ -6,14 +6,15 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from dc_pipeline.catalog import (
     CHAMPION,
-    DUCKDB_POOL,
     IMAGE_STATS,
     IMAGES,
     MONITORING,
     OVERVIEW,
     T,
+    accelerator_tags,
     batches_of,
     drift_key,
+    warehouse_pool,
 )
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
@@ -32,7 +33,8 @@ def build_drift(source: str) -> list:
         deps=[IMAGES, IMAGE_STATS, CHAMPION],
         group_name=MONITORING,
         kinds={"pytorch", "duckdb"},
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(own_rows=True),
+        op_tags=accelerator_tags(),
         description=(
             f"Drift report of a `{source}` batch against the champion's training split (its `{source}` "
             "images when there are at least 100, since sources differ in resolution): schema against "
@@ -54,7 +56,7 @@ def build_drift(source: str) -> list:
     key=OVERVIEW,
     group_name=MONITORING,
     kinds={"duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "Business and model figures over time, one row per scored batch: automation rate, review-queue "
         "size, error where labels exist, and the batch's drift verdict."

@@ -16,7 +16,7 @@ from dagster import (
     asset_check,
 )
 
-from dc_pipeline.catalog import DUCKDB_POOL, RAW, T, batches_of, raw_key, raw_table
+from dc_pipeline.catalog import RAW, T, batches_of, raw_key, raw_table, warehouse_pool
 from dc_pipeline.defs.metadata import plain, table_metadata
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
@@ -129,7 +129,7 @@ def build_ingestion(source: str) -> list:
         partitions_def=partitions,
         group_name=RAW,
         kinds={"duckdb", "pandas"},
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(own_rows=True),
         description=(
             f"Raw records of `{source}`, one row per manifest row of a landing batch, values exactly as sent, "
             "with provenance (batch, manifest file and sha256, row number, ingested_at, code version). "
@@ -243,7 +243,7 @@ def build_ingestion(source: str) -> list:
         name="batch_quality",
         blocking=True,
         partitions_def=partitions,
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(own_rows=True),
         description=(
             "Blocking. Great Expectations on the batch: ids present and unique, labels in the source's vocabulary, "
             "times parse and are plausible, the payload is there (image bytes, or a known review decision). "
@@ -269,7 +269,7 @@ def build_ingestion(source: str) -> list:
         name="batch_volume",
         blocking=False,
         partitions_def=partitions,
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(own_rows=True),
         description=(
             "Warning only. The batch's record count is within 0.2x to 5x the median of the source's previous "
             "batches (Great Expectations row-count expectation). A small or large batch is not wrong data, "

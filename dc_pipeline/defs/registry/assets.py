@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from dc_pipeline.catalog import CHAMPION, DUCKDB_POOL, MODEL_EVALUATION, REGISTRY
+from dc_pipeline.catalog import CHAMPION, MODEL_EVALUATION, REGISTRY, warehouse_pool
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 
@@ -11,7 +11,7 @@ from dc_pipeline.defs.resources import DataLake, Warehouse
     deps=[MODEL_EVALUATION],
     group_name=REGISTRY,
     kinds={"duckdb"},
-    pool=DUCKDB_POOL,
+    pool=warehouse_pool(),
     description=(
         "The champion alias: moved to the challenger when the promotion gate passed (this asset only runs "
         "then); every move is recorded in registry.alias_history with the gate's verdict."

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from dc_pipeline.catalog import CHAMPION, DUCKDB_POOL, IMAGES, SCORING, T, batches_of, scores_key
+from dc_pipeline.catalog import CHAMPION, IMAGES, SCORING, T, accelerator_tags, batches_of, scores_key, warehouse_pool
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 PREDICTIONS = T.PREDICTIONS
@@ -18,7 +18,8 @@ def build_scoring(source: str) -> list:
         deps=[IMAGES, CHAMPION],
         group_name=SCORING,
         kinds={"pytorch", "duckdb"},
-        pool=DUCKDB_POOL,
+        pool=warehouse_pool(own_rows=True),
+        op_tags=accelerator_tags(),
         description=(
             f"The champion's predictions for the accepted images of a `{source}` batch: top class, "
             "confidence, model version and routing (auto-accept at or above the automation threshold "

@@ -8,9 +8,10 @@ from dc_pipeline.catalog import (
     AUGMIX_MODEL,
     BASELINE_MODEL,
     DATASET_VERSION,
-    DUCKDB_POOL,
     TRAINING,
     T,
+    accelerator_tags,
+    warehouse_pool,
 )
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
@@ -74,7 +75,13 @@ def build_model_asset(kind: str):
     }[kind]
 
     @asset(
-        key=key, deps=deps, group_name=TRAINING, kinds={"pytorch", "duckdb"}, pool=DUCKDB_POOL, description=description
+        key=key,
+        deps=deps,
+        group_name=TRAINING,
+        kinds={"pytorch", "duckdb"},
+        pool=warehouse_pool(own_rows=True),
+        op_tags=accelerator_tags(),
+        description=description,
     )
     def model(context: AssetExecutionContext, config: TrainingConfig, lake: DataLake, warehouse: Warehouse):
         import pandas as pd

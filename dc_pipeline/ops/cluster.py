@@ -1,0 +1,382 @@
+"""A local cluster on loopback: the multi-machine mode's parts, each a real server, on one machine.
+
+PostgreSQL (the Dagster instance and the shared warehouse), Redis (the Celery broker), an S3 API server
+(``moto_server``: compute logs, step outputs, dataset versions, model artifacts), two Celery workers (one on
+the default queue, one on the accelerator queue), the Dagster daemon and the webserver. Everything listens
+on 127.0.0.1 only; ports and the folder are arguments. ``up`` writes ``cluster.env`` (the variables every
+process of the cluster runs with) and the instance's ``dagster.yaml``; ``down`` stops what ``up`` started,
+from the pid files, also after a failed ``up``. A real cluster runs the same parts on their own machines:
+the configuration is the endpoints in ``cluster.env`` (see ``deploy/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+BUCKET = "dc-pipeline"
+DATABASES = ("dagster", "warehouse")
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    queues: tuple[str, ...]
+
+
+@dataclass
+class LocalCluster:
+    """Where the cluster keeps its state (``folder``) and which loopback ports it uses."""
+
+    folder: Path
+    data_dir: Path
+    pg_port: int = 5433
+    redis_port: int = 6380
+    s3_port: int = 9100
+    ui_port: int = 3001
+    accelerator_queue: str = "gpu"
+    free_slots_after_run_end_seconds: int = 60
+    max_concurrent_runs: int = 4
+    workers: tuple[Worker, ...] = field(default=())
+
+    def __post_init__(self):
+        self.folder, self.data_dir = Path(self.folder).resolve(), Path(self.data_dir).resolve()
+        if not self.workers:
+            self.workers = (Worker("worker-1", ("dagster",)), Worker("worker-2", (self.accelerator_queue,)))
+
+    # -- layout ----------------------------------------------------------------------------------------
+    @property
+    def dagster_home(self) -> Path:
+        return self.folder / "dagster_home"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.folder / "postgres"
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.folder / "pids"
+
+    @property
+    def env_file(self) -> Path:
+        return self.folder / "cluster.env"
+
+    @property
+    def celery_yaml(self) -> Path:
+        return self.folder / "celery.yaml"
+
+    def warehouse_url(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.pg_port}/warehouse"
+
+    def s3_endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    def broker_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/0"
+
+    def backend_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/1"
+
+    def env(self) -> dict[str, str]:
+        """The variables of every process in the cluster (also written to ``cluster.env``)."""
+        return {
+            "DAGSTER_HOME": str(self.dagster_home),
+            "DC_DATA_DIR": str(self.data_dir),
+            "DC_WAREHOUSE_URL": self.warehouse_url(),
+            "DC_OBJECT_STORE_URL": f"s3://{BUCKET}/pipeline",
+            "DC_S3_ENDPOINT_URL": self.s3_endpoint(),
+            "DC_CELERY_BROKER_URL": self.broker_url(),
+            "DC_CELERY_BACKEND_URL": self.backend_url(),
+            "DC_ACCELERATOR_QUEUE": self.accelerator_queue,
+            "AWS_ACCESS_KEY_ID": "dc-pipeline",
+            "AWS_SECRET_ACCESS_KEY": "dc-pipeline-local",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "GX_ANALYTICS_ENABLED": "false",
+            "TQDM_DISABLE": "1",
+        }
+
+    def process_env(self) -> dict[str, str]:
+        bin_dir = str(Path(sys.executable).parent)
+        return {**os.environ, **self.env(), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+    # -- configuration files -----------------------------------------------------------------------------
+    def instance_yaml(self) -> str:
+        return f"""# The Dagster instance of the local cluster (written by `dc-pipeline cluster up`).
+storage:
+  postgres:
+    postgres_db:
+      username: postgres
+      password: postgres
+      hostname: {HOST}
+      port: {self.pg_port}
+      db_name: dagster
+      scheme: postgresql+psycopg2   # SQLAlchemy 2 maps plain postgresql:// to psycopg 3
+concurrency:
+  runs:
+    max_concurrent_runs: {self.max_concurrent_runs}
+  pools:
+    # Only the steps that rewrite shared warehouse history carry a pool here (warehouse_history): one at a time.
+    default_limit: 1
+    granularity: op
+run_monitoring:
+  # A run whose process dies never releases the pool slot its step claimed; the daemon frees the slots of
+  # every run that ended this long ago.
+  enabled: true
+  free_slots_after_run_end_seconds: {self.free_slots_after_run_end_seconds}
+  poll_interval_seconds: 5
+compute_logs:
+  module: dagster_aws.s3.compute_log_manager
+  class: S3ComputeLogManager
+  config:
+    bucket: {BUCKET}
+    prefix: compute-logs
+    endpoint_url: {self.s3_endpoint()}
+    use_ssl: false
+    local_dir: {self.folder / "compute_logs"}
+    upload_interval: 5
+telemetry:
+  enabled: false
+"""
+
+    def worker_yaml(self) -> str:
+        return f"""# Celery workers' settings: the executor's config block, nested under execution: config:
+# (keys at the top level are ignored and the worker falls back to amqp on port 5672).
+execution:
+  config:
+    broker: {self.broker_url()}
+    backend: {self.backend_url()}
+    config_source:
+      worker_prefetch_multiplier: 1
+"""
+
+    def write_config(self) -> None:
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        (self.dagster_home / "dagster.yaml").write_text(self.instance_yaml())
+        self.celery_yaml.write_text(self.worker_yaml())
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+
+    # -- processes -----------------------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd or self.folder,
+                env=self.process_env(),
+                start_new_session=True,  # its own process group: `down` stops its children too
+            )
+        (self.pids / f"{name}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def _bin(self, name: str) -> str:
+        local = Path(sys.executable).parent / name
+        return str(local) if local.exists() else name
+
+    def start_postgres(self) -> None:
+        pg_bin = postgres_bin()
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if as_postgres and subprocess.run([*as_postgres, "test", "-x", str(self.folder)], check=False).returncode:
+            raise RuntimeError(
+                f"PostgreSQL runs as the postgres user, which cannot enter {self.folder}: choose a cluster folder "
+                "it can reach (the default is /tmp/dc-pipeline-cluster)"
+            )
+        if not (self.pg_dir / "PG_VERSION").is_file():
+            self.pg_dir.mkdir(parents=True, exist_ok=True)
+            if as_postgres:  # initdb refuses to run as root
+                shutil.chown(self.pg_dir, "postgres")
+            _run([*as_postgres, f"{pg_bin}/initdb", "-D", str(self.pg_dir), "-A", "trust", "-U", "postgres"])
+        options = f"-p {self.pg_port} -k {self.pg_dir} -c listen_addresses={HOST}"
+        _run(
+            [*as_postgres, f"{pg_bin}/pg_ctl", "-D", str(self.pg_dir), "-o", options]
+            + ["-l", str(self.pg_dir / "server.log"), "-w", "start"]
+        )
+        for db in DATABASES:
+            exists = _run(
+                [f"{pg_bin}/psql", "-h", HOST, "-p", str(self.pg_port), "-U", "postgres", "-tAc"]
+                + [f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
+                capture=True,
+            )
+            if exists.strip() != "1":
+                _run([f"{pg_bin}/createdb", "-h", HOST, "-p", str(self.pg_port), "-U", "postgres", db])
+
+    def stop_postgres(self) -> None:
+        if not (self.pg_dir / "postmaster.pid").is_file():
+            return
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        cmd = [*as_postgres, f"{postgres_bin()}/pg_ctl", "-D", str(self.pg_dir), "-m", "fast", "-w", "stop"]
+        subprocess.run(cmd, capture_output=True, check=False)
+
+    def start_object_store(self) -> None:
+        self._spawn("s3", [self._bin("moto_server"), "-H", HOST, "-p", str(self.s3_port)])
+        wait_for_port(self.s3_port)
+        import boto3
+
+        env = self.env()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint(),
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_REGION"],
+        )
+        if BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=BUCKET)
+
+    def start_redis(self) -> None:
+        argv = [redis_server(), "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        self._spawn("redis", [*argv, "--dir", str(self.folder)])
+        wait_for_port(self.redis_port)
+
+    def start_workers(self) -> None:
+        for w in self.workers:
+            queues = [a for q in w.queues for a in ("-q", q)]
+            argv = [self._bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+            argv += ["-y", str(self.celery_yaml), "-n", w.name, *queues, "--", "--concurrency=1"]
+            self._spawn(w.name, argv)
+
+    def start_dagster(self) -> None:
+        workspace = ["-m", "dc_pipeline.definitions"]
+        self._spawn("daemon", [self._bin("dagster-daemon"), "run", *workspace])
+        self._spawn("webserver", [self._bin("dagster-webserver"), "-h", HOST, "-p", str(self.ui_port), *workspace])
+        wait_for_port(self.ui_port, timeout=180)
+
+    def migrate_warehouse(self) -> None:
+        """The warehouse's tables, before any worker opens it (migrations are not for two processes at once)."""
+        _run([self._bin("dc-pipeline"), "migrate"], env=self.process_env(), cwd=self.folder)
+
+    def up(self) -> None:
+        """Start every part; on a failure, stop what was started and raise."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        try:
+            self.start_postgres()
+            self.start_redis()
+            self.start_object_store()
+            self.migrate_warehouse()
+            self.start_workers()
+            self.start_dagster()
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> list[str]:
+        """Stop everything ``up`` started: the Dagster processes and workers first, then the servers they use,
+        each group at once; returns their names."""
+        stopped = []
+        dagster = ["webserver", "daemon", *[w.name for w in self.workers]]
+        for group in (dagster, ["s3", "redis"]):
+            pids = {}
+            for name in group:
+                pid_file = self.pids / f"{name}.pid"
+                if pid_file.is_file():
+                    pids[name] = int(pid_file.read_text())
+            stop_groups(list(pids.values()))
+            for name in pids:
+                (self.pids / f"{name}.pid").unlink()
+            stopped += list(pids)
+        self.stop_postgres()
+        return [*stopped, "postgres"]
+
+    def running(self) -> dict[str, bool]:
+        out = {}
+        for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.is_dir() else []:
+            out[pid_file.stem] = _alive(int(pid_file.read_text()))
+        out["postgres"] = (self.pg_dir / "postmaster.pid").is_file()
+        return out
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def _run(argv: list[str], capture: bool = False, env: dict | None = None, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return done.stdout if capture else ""
+
+
+def postgres_bin() -> str:
+    """The folder of PostgreSQL's server programs (Debian keeps them under /usr/lib/postgresql/<v>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if found:
+        return str(found[-1].parent)
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl is None:
+        raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (see .ci/run)")
+    return str(Path(pg_ctl).parent)
+
+
+def redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (see .ci/run)")
+    return found
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_groups(pids: list[int], timeout: float = 15.0) -> None:
+    """SIGTERM to the process groups the ``pids`` lead, SIGKILL to those left after ``timeout``."""
+
+    def signal_all(sig) -> list[int]:
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):  # reap a leader this process started (no zombie)
+                os.waitpid(pid, os.WNOHANG)
+            try:
+                os.killpg(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        return alive
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        pids = signal_all(sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = signal_all(0)
+        if not pids:
+            return
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]

@@ -37,6 +37,15 @@ def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None 
     return settings.data_dir, str(warehouse) if warehouse else settings.warehouse_location
 
 
+def storage(data_dir: Path):
+    """Where dataset versions and artifacts are: the settings' object store when there is one, else ``data_dir``."""
+    from dc_pipeline.core.storage import storage_root
+    from dc_pipeline.settings import get_settings
+
+    settings = get_settings()
+    return storage_root(data_dir, settings.object_store_url, settings.s3_endpoint_url)
+
+
 def load_model(
     ref: str,
     data_dir: str | Path | None = None,
@@ -54,7 +63,7 @@ def load_model(
 
     data, db = data_paths(data_dir, warehouse)
     with read_warehouse(db, wait_seconds) as conn:
-        record, state = Registry(conn, data / "artifacts").load_weights(ref)
+        record, state = Registry(conn, storage(data) / "artifacts").load_weights(ref)
     return build_loaded(record, state)
 
 
@@ -84,4 +93,4 @@ def load_split(
                 "no published dataset version: materialize features/dataset_version (a version is published "
                 "once its blocking check passes)"
             )
-    return open_version(data / "datasets", dataset_hash).split(name)
+    return open_version(storage(data) / "datasets", dataset_hash).split(name)

@@ -170,7 +170,7 @@ def test_a_new_version_stores_only_what_changed_and_hashes_as_a_rebuild_would(tm
     v1 = lake.features()
     assert v1.rebuild_reason and v1.new_version and v1.added == 300 and v1.pixels_written == 300
     store = DatasetStore(lake.datasets, 8)
-    files_v1 = {p for p in store.folder.rglob("*") if p.is_file()}
+    files_v1 = {p for p in store.folder.local_path().rglob("*") if p.is_file()}
     bytes_v1 = sum(p.stat().st_size for p in files_v1)
     fragments_v1 = {f.fragment_id for f in store._members(v1.dataset_hash).get_fragments()}
 
@@ -189,7 +189,7 @@ def test_a_new_version_stores_only_what_changed_and_hashes_as_a_rebuild_would(tm
     assert store.pixel_count() == 350
     assert {f.fragment_id for f in store._members(v2.dataset_hash).get_fragments()} >= fragments_v1
     assert all(p.is_file() for p in files_v1), "a new version never rewrites a file of an older one"
-    grown = sum(p.stat().st_size for p in store.folder.rglob("*") if p.is_file()) - bytes_v1
+    grown = sum(p.stat().st_size for p in store.folder.local_path().rglob("*") if p.is_file()) - bytes_v1
     assert 0 < grown < 0.4 * bytes_v1, (grown, bytes_v1)
     stats = lake.sql(f"SELECT sha256, image_size, dataset_hash FROM {T.IMAGE_STATS}")
     assert len(stats) == 350 and stats.sha256.is_unique and stats.dataset_hash.isna().all()

@@ -23,7 +23,7 @@ def registry(tmp_path):
 
 def files_of(registry, version_id):
     record = registry.get(version_id)
-    return registry.root / record["weights_path"], record
+    return (registry.root / record["weights_path"]).local_path(), record
 
 
 def test_registering_the_same_weights_repairs_missing_or_changed_files(registry):

@@ -149,3 +149,23 @@ def test_invalid_inputs(digits14: tuple[np.ndarray, np.ndarray]) -> None:
         train(images[:10], labels[:9], None, None, TINY)
     with pytest.raises(ValueError):
         train(images[:10], labels[:10] + 10, None, None, TINY)
+
+
+def test_the_training_device_is_resolved_recorded_and_never_silently_swapped():
+    import torch
+
+    from dc_pipeline.core.ml.training import training_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert training_device("auto").type == expected
+    assert training_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="not one of"):
+        training_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            training_device("cuda")
+    x = np.random.default_rng(0).random((40, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 4
+    result = train(x, y, None, None, TrainConfig(epochs=1, width=4, n_classes=4, batch_size=20, device="auto"))
+    assert result.config.device == expected  # the registry records where it ran
+    assert all(t.device.type == "cpu" for t in result.state_dict.values())

@@ -23,6 +23,14 @@ class DataLake(ConfigurableResource):
 
     root: str = Field(description="Data folder; the others are sub-folders of it.")
     contracts_dir: str = Field(default=str(PACKAGED_CONTRACTS), description="Folder of source contracts (YAML).")
+    object_store_url: Optional[str] = Field(
+        default=None,
+        description="s3://bucket/prefix where dataset versions and model artifacts live instead of the data "
+        "folder (the multi-machine mode); credentials from the AWS_* variables.",
+    )
+    s3_endpoint_url: Optional[str] = Field(
+        default=None, description="An S3-compatible server's URL instead of AWS (MinIO, a local S3 API server)."
+    )
 
     @property
     def landing(self) -> Path:
@@ -33,12 +41,21 @@ class DataLake(ConfigurableResource):
         return Path(self.root) / "objects"
 
     @property
-    def datasets(self) -> Path:
-        return Path(self.root) / "datasets"
+    def storage(self):
+        """The root of dataset versions and artifacts: the object store when configured, else the data folder."""
+        from dc_pipeline.core.storage import storage_root
+
+        return storage_root(self.root, self.object_store_url, self.s3_endpoint_url)
 
     @property
-    def artifacts(self) -> Path:
-        return Path(self.root) / "artifacts"
+    def datasets(self):
+        """Where the Lance stores live (``core.storage.Location``: local or in object storage)."""
+        return self.storage / "datasets"
+
+    @property
+    def artifacts(self):
+        """Where registered models' files live (``core.storage.Location``)."""
+        return self.storage / "artifacts"
 
     @property
     def reports(self) -> Path:
@@ -47,10 +64,13 @@ class DataLake(ConfigurableResource):
     def root_path(self, *parts: str) -> Path:
         return Path(self.root).joinpath(*parts)
 
-    def relative(self, path: str | Path) -> str:
-        """``path`` as stored: relative to the data folder."""
+    def relative(self, path) -> str:
+        """``path`` as stored: relative to the data folder, or (a location in the object store) to its root."""
         from dc_pipeline.core.paths import to_relative
+        from dc_pipeline.core.storage import Location
 
+        if isinstance(path, Location) and path.is_s3:
+            return path.relative_to(self.storage)
         return to_relative(path, self.root)
 
     def batch_dir(self, source: str, batch_id: str) -> Path:
@@ -173,7 +193,12 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     data = str(s.data_dir)
     return {
-        "lake": DataLake(root=data, contracts_dir=str(s.contracts_dir)),
+        "lake": DataLake(
+            root=data,
+            contracts_dir=str(s.contracts_dir),
+            object_store_url=s.object_store_url,
+            s3_endpoint_url=s.s3_endpoint_url,
+        ),
         "warehouse": Warehouse(database=s.warehouse_location, data_dir=data),
         "label_audit": LabelAudit(ground_truth_path=str(s.label_ground_truth) if s.label_ground_truth else None),
         "retrain_policy": RetrainPolicy(),
@@ -191,6 +216,7 @@ def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None,
             "data_dir": data_dir,
             "warehouse": None,
             "warehouse_url": None,
+            "object_store_url": None,
             "contracts_dir": Path(contracts_dir or PACKAGED_CONTRACTS),
             "label_ground_truth": truth if truth.exists() else None,
             "alert_webhook": None,

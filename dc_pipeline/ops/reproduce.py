@@ -7,6 +7,7 @@ from pathlib import Path
 
 def reproduce(ref: str, data_dir: Path, warehouse: str | Path | None = None) -> int:
     """Retrain from the recorded dataset hash, config and seed; 0 when the weights' sha256 matches."""
+    from dc_pipeline.api import storage
     from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.core.ml.registry import Registry
@@ -17,9 +18,9 @@ def reproduce(ref: str, data_dir: Path, warehouse: str | Path | None = None) -> 
     data = Path(data_dir)
     db = str(warehouse or data / "warehouse.duckdb")
     with read_warehouse(db) as conn:
-        record = Registry(conn, data / "artifacts").get(ref)
+        record = Registry(conn, storage(data) / "artifacts").get(ref)
     classes = record["model_spec"]["classes"]
-    version = open_version(data / "datasets", record["dataset_hash"])
+    version = open_version(storage(data) / "datasets", record["dataset_hash"])
     splits = {s: version.reader(s) for s in ("train", "val")}  # read as training reads them
     now = code_version()
     print(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dc_pipeline.catalog import RAW, T
 from dc_pipeline.warehouse.backend import postgres_catalog
-from dc_pipeline.warehouse.tables import ALERT_TABLES, TABLES, Table
+from dc_pipeline.warehouse.tables import ALERT_TABLES, TABLES, Table, column_type
 
 LEDGER = "meta.schema_migrations"
 
@@ -65,14 +65,15 @@ def ensure_table(conn, table: Table, until: int | None = None) -> None:
     """Create ``table`` if it is missing, add its missing columns, and give existing columns their declared
     types (older releases took types from the first DataFrame written, e.g. ``"NULL"`` for an empty one)."""
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.schema}"')
+    on_postgres = postgres_catalog(conn) is not None
     have = existing_columns(conn, table.name)
     if not have:
-        conn.execute(table.create_sql(until))
+        conn.execute(table.create_sql(until, json_as_text=on_postgres))
         return
     for col in table.columns:
         if until is not None and col.since > until:
             continue
-        declared = col.type.split()[0].upper()
+        declared = column_type(col.type, json_as_text=on_postgres).split()[0].upper()
         if col.name not in have:
             add_column(conn, table.name, col.name, declared)
         elif have[col.name].upper() != declared:

@@ -34,9 +34,18 @@ class Table:
     def column_names(self, until: int | None = None) -> list[str]:
         return [c.name for c in self.columns if until is None or c.since <= until]
 
-    def create_sql(self, until: int | None = None) -> str:
-        cols = ", ".join(f'"{c.name}" {c.type}' for c in self.columns if until is None or c.since <= until)
+    def create_sql(self, until: int | None = None, json_as_text: bool = False) -> str:
+        """``CREATE TABLE``; ``json_as_text``: JSON columns as VARCHAR (on PostgreSQL, where DuckDB's extension
+        cannot update a ``json`` column from a parameter; the pipeline reads JSON columns as text anyway)."""
+        cols = ", ".join(
+            f'"{c.name}" {column_type(c.type, json_as_text)}' for c in self.columns if until is None or c.since <= until
+        )
         return f"CREATE TABLE IF NOT EXISTS {self.name} ({cols})"
+
+
+def column_type(declared: str, json_as_text: bool = False) -> str:
+    """A declared column type as created: JSON is VARCHAR when ``json_as_text``."""
+    return "VARCHAR" if json_as_text and declared.split()[0].upper() == "JSON" else declared
 
 
 def _cols(spec: str, since: int = 1) -> tuple[Column, ...]:

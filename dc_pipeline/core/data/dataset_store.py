@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dc_pipeline.core.data.features import SPLITS, DatasetVersion
+from dc_pipeline.core.storage import Location, as_location
 
 HASH_SCHEME = "lance-v1"
 MODULUS = 1 << 256
@@ -167,20 +168,25 @@ def _in_list(values: Iterable[int]) -> str:
 class DatasetStore:
     """The Lance store of one canonical image size under the datasets folder."""
 
-    def __init__(self, datasets_root: str | Path, image_size: int):
-        self.root, self.image_size = Path(datasets_root), int(image_size)
+    def __init__(self, datasets_root: str | Path | Location, image_size: int):
+        self.root, self.image_size = as_location(datasets_root), int(image_size)
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> Location:
         return self.root / f"lance-{self.image_size}"
 
     @property
     def pixels_uri(self) -> str:
-        return str(self.folder / "pixels.lance")
+        return (self.folder / "pixels.lance").uri
 
     @property
     def members_uri(self) -> str:
-        return str(self.folder / "members.lance")
+        return (self.folder / "members.lance").uri
+
+    @property
+    def storage_options(self) -> dict | None:
+        """Lance's options for the store's location (S3 endpoint and credentials; None on the local disk)."""
+        return self.root.storage_options
 
     def members_exist(self) -> bool:
         return (self.folder / "members.lance").is_dir()
@@ -188,12 +194,14 @@ class DatasetStore:
     def _pixels(self):
         import lance
 
-        return lance.dataset(self.pixels_uri) if (self.folder / "pixels.lance").is_dir() else None
+        if not (self.folder / "pixels.lance").is_dir():
+            return None
+        return lance.dataset(self.pixels_uri, storage_options=self.storage_options)
 
     def _members(self, version: int | str | None = None):
         import lance
 
-        return lance.dataset(self.members_uri, version=version)
+        return lance.dataset(self.members_uri, version=version, storage_options=self.storage_options)
 
     # pixels
     def pixel_count(self) -> int:
@@ -243,7 +251,12 @@ class DatasetStore:
                     },
                     schema=_pixels_schema(self.image_size),
                 )
-                ds = lance.write_dataset(table, self.pixels_uri, mode="append" if ds is not None else "create")
+                ds = lance.write_dataset(
+                    table,
+                    self.pixels_uri,
+                    mode="append" if ds is not None else "create",
+                    storage_options=self.storage_options,
+                )
                 rows[new] = count + np.arange(len(new))
                 count += len(new)
             yield part, x, rows
@@ -285,7 +298,12 @@ class DatasetStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         table = _members_table(rows)
         if overwrite or not self.members_exist():
-            ds = lance.write_dataset(table, self.members_uri, mode="overwrite" if self.members_exist() else "create")
+            ds = lance.write_dataset(
+                table,
+                self.members_uri,
+                mode="overwrite" if self.members_exist() else "create",
+                storage_options=self.storage_options,
+            )
             fragments = ds.get_fragments()
         else:
             ds = self._members()
@@ -293,7 +311,7 @@ class DatasetStore:
                 ds.delete(self._where(ds, dropped))
             before = {f.fragment_id for f in ds.get_fragments()}
             if len(table):
-                ds = lance.write_dataset(table, self.members_uri, mode="append")
+                ds = lance.write_dataset(table, self.members_uri, mode="append", storage_options=self.storage_options)
             ds = self._members()
             fragments = [f for f in ds.get_fragments() if f.fragment_id not in before]
         addresses: dict[str, int] = {}
@@ -389,7 +407,7 @@ class LanceVersion:
     """A dataset version stored in a Lance store, with ``features.DatasetVersion``'s interface. Within a split,
     images are ordered by sha256, as in the npy versions."""
 
-    root: Path
+    root: Location
     hash: str
     image_size: int
     lance_version: int
@@ -399,7 +417,7 @@ class LanceVersion:
         return DatasetStore(self.root, self.image_size)
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> Location:
         return self.store.folder
 
     def exists(self) -> bool:
@@ -433,26 +451,28 @@ class LanceVersion:
         return LanceSplitReader(self.store, rows["row"].to_numpy(), rows["label"].to_numpy(np.int64), cache_bytes)
 
 
-def lance_stores(datasets_root: str | Path) -> list[DatasetStore]:
-    root = Path(datasets_root)
+def lance_stores(datasets_root: str | Path | Location) -> list[DatasetStore]:
+    root = as_location(datasets_root)
     out = []
-    for folder in sorted(root.glob("lance-*")) if root.is_dir() else []:
+    for folder in root.iterdir() if root.is_dir() else []:
         size = folder.name.removeprefix("lance-")
-        if size.isdigit() and (folder / "members.lance").is_dir():
+        if folder.name.startswith("lance-") and size.isdigit() and (folder / "members.lance").is_dir():
             out.append(DatasetStore(root, int(size)))
     return out
 
 
-def open_version(datasets_root: str | Path, dataset_hash: str) -> DatasetVersion | LanceVersion:
-    """The dataset version ``dataset_hash``: an npy folder of a release before 0.3, or a tag of a Lance store.
-    Raises ``FileNotFoundError`` when neither holds it."""
-    npy = DatasetVersion(Path(datasets_root), dataset_hash)  # checks the hash's form
-    if npy.exists():
+def open_version(datasets_root: str | Path | Location, dataset_hash: str) -> DatasetVersion | LanceVersion:
+    """The dataset version ``dataset_hash``: an npy folder of a release before 0.3 (only ever on the local
+    disk), or a tag of a Lance store (local or in object storage). Raises ``FileNotFoundError`` when neither
+    holds it."""
+    root = as_location(datasets_root)
+    npy = DatasetVersion(Path(root.uri), dataset_hash)  # checks the hash's form
+    if not root.is_s3 and npy.exists():
         return npy
     for store in lance_stores(datasets_root):
         version = store.tag_version(dataset_hash)
         if version is not None:
-            return LanceVersion(Path(datasets_root), dataset_hash, store.image_size, version)
+            return LanceVersion(root, dataset_hash, store.image_size, version)
     raise FileNotFoundError(
         f"dataset version {dataset_hash} is not under {datasets_root}: no npy folder of that name and no Lance "
         "store with that tag"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dc_pipeline.core.storage import Location, as_location
+
 KEEP, PRUNE = "keep", "prune"
 
 
@@ -74,7 +76,7 @@ def npy_folder(datasets_root: Path, dataset_hash: str) -> Path | None:
 
 
 def prune_versions(
-    datasets_root: str | Path, hashes: list[str], protect: dict[int, set[int]] | None = None
+    datasets_root: str | Path | Location, hashes: list[str], protect: dict[int, set[int]] | None = None
 ) -> dict[str, int]:
     """Remove the dataset versions ``hashes`` from the datasets folder: npy folders, Lance tags, then the
     Lance versions no tag names, except those in ``protect`` (image size -> Lance versions: the head's,
@@ -82,11 +84,11 @@ def prune_versions(
     what ``features.pixel_rows`` records. Returns what was removed."""
     from dc_pipeline.core.data.dataset_store import lance_stores
 
-    root = Path(datasets_root)
+    root = as_location(datasets_root)
     stats = {"npy_folders": 0, "lance_tags": 0, "lance_versions": 0, "bytes_removed": 0}
     wanted = set(hashes)
-    for h in sorted(wanted):
-        folder = npy_folder(root, h)
+    for h in sorted(wanted) if not root.is_s3 else []:  # npy folders predate object storage
+        folder = npy_folder(root.local_path(), h)
         if folder is not None:
             stats["bytes_removed"] += folder_bytes(folder)
             shutil.rmtree(folder)
@@ -94,13 +96,14 @@ def prune_versions(
     for store in lance_stores(root):
         import lance
 
-        ds = lance.dataset(store.members_uri)
+        ds = lance.dataset(store.members_uri, storage_options=store.storage_options)
         dropped = [t for t in ds.tags.list() if t in wanted]
         for tag in dropped:
             ds.tags.delete(tag)
         stats["lance_tags"] += len(dropped)
-        before = folder_bytes(Path(store.members_uri))
-        ds = lance.dataset(store.members_uri)
+        members = store.folder / "members.lance"
+        before = members.total_bytes()
+        ds = lance.dataset(store.members_uri, storage_options=store.storage_options)
         keep = {int(info["version"]) for info in ds.tags.list().values()} | set(
             (protect or {}).get(store.image_size, ())
         )
@@ -110,22 +113,22 @@ def prune_versions(
                 older_than=timedelta(0), error_if_tagged_old_versions=False, versions=doomed
             )
             stats["lance_versions"] += int(cleaned.old_versions)
-        stats["bytes_removed"] += max(before - folder_bytes(Path(store.members_uri)), 0)
+        stats["bytes_removed"] += max(before - members.total_bytes(), 0)
     return stats
 
 
 def prunable_lance_versions(
-    datasets_root: str | Path, keep: set[str], protect: dict[int, set[int]] | None = None
+    datasets_root: str | Path | Location, keep: set[str], protect: dict[int, set[int]] | None = None
 ) -> dict[str, int]:
     """What pruning would remove from the Lance stores if only the tags in ``keep`` stayed: tags and Lance
     versions (tagged versions stay, as do ``protect``'s and each store's latest)."""
     from dc_pipeline.core.data.dataset_store import lance_stores
 
     out = {"lance_tags": 0, "lance_versions": 0}
-    for store in lance_stores(Path(datasets_root)):
+    for store in lance_stores(as_location(datasets_root)):
         import lance
 
-        ds = lance.dataset(store.members_uri)
+        ds = lance.dataset(store.members_uri, storage_options=store.storage_options)
         tags = ds.tags.list()
         kept_versions = {int(info["version"]) for name, info in tags.items() if name in keep}
         kept_versions.add(int(ds.latest_version))

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from dc_pipeline.core.paths import PathOutsideDataFolder, stored_file, to_relative
+from dc_pipeline.core.storage import Location, OutsideStorageRoot, as_location
 
 ALIASES = ("champion", "challenger")
 
@@ -50,11 +51,20 @@ def _card(record: dict, code: dict) -> bytes:
     return json.dumps(card, indent=2, default=str).encode()
 
 
-def _store(folder: Path, files: dict[str, bytes], replace: bool = True) -> None:
-    """Write each file whole (``core.atomic``): a killed writer leaves no partial file under the final
-    name. A file that already holds these bytes, or any file when ``replace`` is false, is kept."""
+def _store(folder: Path | Location, files: dict[str, bytes], replace: bool = True) -> None:
+    """Write each file whole (``core.atomic`` locally, one PUT in object storage): a killed writer leaves no
+    partial file under the final name. A file that already holds these bytes, or any file when ``replace``
+    is false, is kept."""
     from dc_pipeline.core.atomic import remove_abandoned, write_bytes
 
+    if isinstance(folder, Location):
+        if folder.is_s3:
+            for name, data in files.items():
+                target = folder / name
+                if not (target.is_file() and (not replace or target.read_bytes() == data)):
+                    target.write_bytes(data)
+            return
+        folder = folder.local_path()
     folder.mkdir(parents=True, exist_ok=True)
     remove_abandoned(folder)
     for name, data in files.items():
@@ -68,8 +78,23 @@ class Registry:
 
     def __init__(self, conn, artifacts: str | Path):
         self.conn = conn
-        self.artifacts = Path(artifacts)
-        self.root = self.artifacts.parent  # the data folder stored paths are relative to
+        self.artifacts = as_location(artifacts)
+        self.root = self.artifacts.parent  # the data folder (or object-store root) stored paths are relative to
+
+    def _file(self, stored: str) -> Location:
+        """The file a stored path names, inside the root: no absolute path, no ``..`` (a legacy absolute path of
+        release 0.1 is mapped by the data folder's layout, on the local disk only)."""
+        if self.root.is_s3:
+            try:
+                return self.root / stored
+            except OutsideStorageRoot as exc:
+                raise PathOutsideDataFolder(str(exc)) from None
+        return as_location(stored_file(stored, self.root.local_path()))
+
+    def _relative(self, path: Location) -> str:
+        return (
+            path.relative_to(self.root) if self.root.is_s3 else to_relative(path.local_path(), self.root.local_path())
+        )
 
     def ensure(self) -> Registry:
         """The tables exist once the warehouse is migrated; kept so callers read as before."""
@@ -103,7 +128,7 @@ class Registry:
                     f"{version_id} is registered with other weights (sha256 {existing['weights_sha256']})"
                 )
             try:
-                path = stored_file(existing["weights_path"], self.root)
+                path = self._file(existing["weights_path"])
             except PathOutsideDataFolder as exc:
                 raise RegistryError(f"weights of {version_id}: {exc}") from None
             _store(path.parent, {path.name: data})
@@ -128,7 +153,7 @@ class Registry:
                 kind,
                 _now(),
                 sha,
-                to_relative(path, self.root),
+                self._relative(path),
                 dataset_hash,
                 code.get("commit"),
                 code.get("dirty"),
@@ -184,7 +209,7 @@ class Registry:
         """``(record, state_dict)``; refuses weights whose sha256 differs from the registry's."""
         record = self.get(ref)
         try:
-            path = stored_file(record["weights_path"], self.root)
+            path = self._file(record["weights_path"])
         except PathOutsideDataFolder as exc:
             raise RegistryError(f"weights of {record['version_id']}: {exc}; refusing to load them") from None
         data = path.read_bytes()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -66,6 +67,7 @@ class TrainConfig:
     augmix_alpha: float = 1.0
     augmix_all_ops: bool = False
     threads: int = 2
+    device: str = "auto"  # "cpu", "cuda", or "auto": CUDA when this process has it (the accelerator queue's workers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for metadata and run records)."""
@@ -159,6 +161,22 @@ def _is_reader(images) -> bool:
     return hasattr(images, "take") and not isinstance(images, np.ndarray | Tensor)
 
 
+def training_device(name: str):
+    """The torch device ``name`` asks for: ``auto`` is CUDA when available, else the CPU; asking for CUDA on a
+    machine without it is an error, not a silent fall-back."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but this process sees no CUDA device")
+    if name == "cuda":  # cuBLAS is deterministic (as training insists) only with a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device(name)
+
+
 def train(
     images: np.ndarray | SplitReader,
     labels: np.ndarray,
@@ -219,7 +237,9 @@ def train(
     history: list[dict[str, Any]] = []
     with _torch_settings(cfg.threads):
         torch.manual_seed(cfg.seed)
-        model = SmallCNN(**model_kwargs)
+        device = training_device(cfg.device)
+        cfg = replace(cfg, device=device.type)  # what the registry records: the device it really ran on
+        model = SmallCNN(**model_kwargs).to(device)
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.lr,
@@ -240,8 +260,8 @@ def train(
             perm = torch.randperm(n, generator=g_data)
             for lo in range(0, n, cfg.batch_size):
                 idx = perm[lo : lo + cfg.batch_size]
-                xb = _as_nchw(reader.take(idx.numpy())) if reader is not None else x[idx]
-                yb = y[idx]
+                xb = (_as_nchw(reader.take(idx.numpy())) if reader is not None else x[idx]).to(device)
+                yb = y[idx].to(device)
                 if augmix is not None:
                     clean, aug1, aug2 = augmix_views(xb, augmix, generator=g_aug)
                     loss, ce, jsd = jsd_objective(model, clean, aug1, aug2, yb, cfg.jsd_weight)
@@ -276,7 +296,7 @@ def train(
             if on_epoch is not None:
                 on_epoch(record)
         model.eval()
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     return TrainResult(state, history, cfg, mode, model_kwargs, weights_sha256(state))
 
 

@@ -2,7 +2,6 @@
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -218,7 +217,9 @@ def retraining_evidence(conn, dataset_hash: str | None, attempts: list, policy, 
         "that held it back."
     ),
 )
-def retraining_trigger(context: SensorEvaluationContext, warehouse: Warehouse, retrain_policy: RetrainPolicy):
+def retraining_trigger(
+    context: SensorEvaluationContext, warehouse: Warehouse, lake: DataLake, retrain_policy: RetrainPolicy
+):
     from dc_pipeline.core.ml.retraining import utcnow
     from dc_pipeline.warehouse.connect import WarehouseBusy
 
@@ -233,7 +234,7 @@ def retraining_trigger(context: SensorEvaluationContext, warehouse: Warehouse, r
         )
     policy = retrain_policy.policy()
     try:
-        return _retraining_tick(context, warehouse, policy, now)
+        return _retraining_tick(context, warehouse, lake.datasets, policy, now)
     except WarehouseBusy as exc:  # a step is writing: decide on the next tick, well inside the tick timeout
         return SensorResult(
             skip_reason=SkipReason(f"warehouse busy: {exc}"),
@@ -241,7 +242,7 @@ def retraining_trigger(context: SensorEvaluationContext, warehouse: Warehouse, r
         )
 
 
-def _retraining_tick(context, warehouse: Warehouse, policy, now):
+def _retraining_tick(context, warehouse: Warehouse, datasets, policy, now):
     """Read the attempts and the evidence, decide, and record a requested attempt, in one transaction."""
     import pandas as pd
 
@@ -262,7 +263,7 @@ def _retraining_tick(context, warehouse: Warehouse, policy, now):
                 known[attempt.run_key] = attempt_outcome(context.instance, conn, attempt)
             return known[attempt.run_key]
 
-        evidence = retraining_evidence(conn, dataset, attempts, policy, now, Path(warehouse.data_dir) / "datasets")
+        evidence = retraining_evidence(conn, dataset, attempts, policy, now, datasets)
         decision = decide(now, policy, dataset, attempts, evidence, outcome)
         if decision.records_attempt:  # recorded before the request leaves: no request without its row
             row = {

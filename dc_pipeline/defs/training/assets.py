@@ -34,6 +34,12 @@ class TrainingConfig(Config):
     augmix_depth: int = Field(default=-1, description="AugMix ops per chain; -1 draws 1 to 3.")
     augmix_alpha: float = Field(default=1.0, description="AugMix Dirichlet/Beta parameter.")
     threads: int = Field(default=2, description="CPU threads (fixed, so results are bit-identical).")
+    device: str = Field(
+        default="auto",
+        description="auto: CUDA when the worker running the step has it (the accelerator queue's), else the CPU; "
+        "cpu or cuda to insist. The registry records the device used: the same seed on the same device gives "
+        "the same weights.",
+    )
 
 
 def train_config(config: TrainingConfig, n_classes: int):
@@ -125,7 +131,7 @@ def build_model_asset(kind: str):
                 result.state_dict,
                 dataset_hash=meta["dataset_hash"],
                 code=code,
-                config=cfg.to_dict(),
+                config=result.config.to_dict(),
                 seed=cfg.seed,
                 model_spec=spec,
                 run_id=context.run_id,

@@ -98,17 +98,10 @@ def embedded(folder: Path) -> dict:
 
 
 def cluster(folder: Path) -> dict:
-    from dc_pipeline.ops.cluster import LocalCluster, free_port
+    from dc_pipeline.ops.cluster import LocalCluster
     from dc_pipeline.settings import get_settings
 
-    c = LocalCluster(
-        folder=folder,
-        data_dir=folder / "data",
-        pg_port=free_port(),
-        redis_port=free_port(),
-        s3_port=free_port(),
-        ui_port=free_port(),
-    )
+    c = LocalCluster.on_free_ports(folder)
     saved = dict(os.environ)
     try:
         c.up()

@@ -23,7 +23,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dc_pipeline.catalog import HISTORY_POOL, RETRAIN_JOB, T, contract_sources
-from dc_pipeline.ops.cluster import BUCKET, LocalCluster, free_port
+from dc_pipeline.ops.cluster import BUCKET, LocalCluster
 from dc_pipeline.settings import get_settings
 
 TIMINGS = Path(os.environ.get("DC_CLUSTER_TIMINGS", Path(tempfile.gettempdir()) / "dc-cluster-timings.json"))
@@ -35,15 +35,7 @@ timings: dict[str, float] = {}
 def cluster():
     folder = Path(tempfile.mkdtemp(prefix="dc-cluster-"))
     folder.chmod(0o755)  # PostgreSQL runs as the postgres user
-    c = LocalCluster(
-        folder=folder,
-        data_dir=folder / "data",
-        pg_port=free_port(),
-        redis_port=free_port(),
-        s3_port=free_port(),
-        ui_port=free_port(),
-        free_slots_after_run_end_seconds=10,
-    )
+    c = LocalCluster.on_free_ports(folder, free_slots_after_run_end_seconds=10)
     saved = dict(os.environ)
     started = time.monotonic()
     try:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dc_pipeline.core.atomic import process_alive
+
 HOST = "127.0.0.1"
 BUCKET = "dc-pipeline"
 DATABASES = ("dagster", "warehouse")
@@ -52,6 +54,12 @@ class LocalCluster:
         self.folder, self.data_dir = Path(self.folder).resolve(), Path(self.data_dir).resolve()
         if not self.workers:
             self.workers = (Worker("worker-1", ("dagster",)), Worker("worker-2", (self.accelerator_queue,)))
+
+    @classmethod
+    def on_free_ports(cls, folder: Path, **settings) -> LocalCluster:
+        """A cluster in ``folder`` (data in ``folder/data``) on loopback ports that are free now."""
+        ports = {k: free_port() for k in ("pg_port", "redis_port", "s3_port", "ui_port")}
+        return cls(folder=folder, data_dir=Path(folder) / "data", **ports, **settings)
 
     # -- layout ----------------------------------------------------------------------------------------
     @property
@@ -192,7 +200,7 @@ execution:
 
     def start_postgres(self) -> None:
         pg_bin = postgres_bin()
-        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        as_postgres = _as_postgres()
         if as_postgres and subprocess.run([*as_postgres, "test", "-x", str(self.folder)], check=False).returncode:
             raise RuntimeError(
                 f"PostgreSQL runs as the postgres user, which cannot enter {self.folder}: choose a cluster folder "
@@ -220,7 +228,7 @@ execution:
     def stop_postgres(self) -> None:
         if not (self.pg_dir / "postmaster.pid").is_file():
             return
-        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        as_postgres = _as_postgres()
         cmd = [*as_postgres, f"{postgres_bin()}/pg_ctl", "-D", str(self.pg_dir), "-m", "fast", "-w", "stop"]
         subprocess.run(cmd, capture_output=True, check=False)
 
@@ -299,7 +307,7 @@ execution:
     def running(self) -> dict[str, bool]:
         out = {}
         for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.is_dir() else []:
-            out[pid_file.stem] = _alive(int(pid_file.read_text()))
+            out[pid_file.stem] = process_alive(int(pid_file.read_text()))
         out["postgres"] = (self.pg_dir / "postmaster.pid").is_file()
         return out
 
@@ -310,6 +318,11 @@ def _run(argv: list[str], capture: bool = False, env: dict | None = None, cwd: P
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return done.stdout if capture else ""
+
+
+def _as_postgres() -> list[str]:
+    """The prefix that runs PostgreSQL's programs as the postgres user when this process is root (they refuse root)."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
 def postgres_bin() -> str:
@@ -339,16 +352,6 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_groups(pids: list[int], timeout: float = 15.0) -> None:

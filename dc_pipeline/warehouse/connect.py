@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dc_pipeline.core.atomic import process_alive
 from dc_pipeline.warehouse.backend import POSTGRES_CATALOG, is_postgres, postgres_extension
 
 READ_WAIT_SECONDS = 30.0
@@ -41,16 +42,6 @@ def writer_marker(database: str | Path) -> Path:
     return path.with_name(path.name + ".writer.json")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def current_writer(database: str | Path) -> dict | None:
     """Who holds the warehouse for writing, from its marker; None without one or when its process is gone
     (a killed run leaves a stale marker, which is ignored and replaced by the next writer)."""
@@ -59,7 +50,7 @@ def current_writer(database: str | Path) -> dict | None:
         pid = int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return holder if _alive(pid) else None
+    return holder if process_alive(pid) else None
 
 
 def _describe(holder: dict | None, error: str) -> str:

@@ -56,7 +56,8 @@ def raw_key(source: str) -> AssetKey:
 
 
 def scores_key(source: str) -> AssetKey:
-    return AssetKey([SCORING, source])
+    """``scoring/scores_<source>``: named apart from ``raw/<source>``, which the asset graph labels by name alone."""
+    return AssetKey([SCORING, f"scores_{source}"])
 
 
 def drift_key(source: str) -> AssetKey:

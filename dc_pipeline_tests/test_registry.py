@@ -74,10 +74,12 @@ def test_gate_promotes_a_better_challenger_and_refuses_a_worse_one():
     policy = GatePolicy()
     better = {"clean_error": 0.032, "mce": 0.15, "rms_calibration_corrupted": 0.08}
     assert promotion_decision("new", better, "old", GOOD, policy).passed
+    # Calibration within one point of the champion's is a difference the test data cannot resolve.
+    assert promotion_decision("new", {**better, "rms_calibration_corrupted": 0.107}, "old", GOOD, policy).passed
     cases = {
         "mCE": {**better, "mce": 0.195},  # better, but by less than the 5% margin
         "clean error": {**better, "clean_error": 0.036},  # 0.6 points worse
-        "calibration": {**better, "rms_calibration_corrupted": 0.11},
+        "calibration": {**better, "rms_calibration_corrupted": 0.115},  # 1.5 points worse
     }
     for what, metrics in cases.items():
         decision = promotion_decision("new", metrics, "old", GOOD, policy)

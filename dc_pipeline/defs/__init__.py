@@ -31,7 +31,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     from dc_pipeline.defs.features import data_issues
     from dc_pipeline.defs.features.retention import prune_dataset_versions
     from dc_pipeline.defs.jobs import ingestion_jobs, pipeline_jobs
-    from dc_pipeline.defs.monitoring.assets import build_drift, overview
+    from dc_pipeline.defs.monitoring.assets import build_drift, build_overview
     from dc_pipeline.defs.raw.assets import build_ingestion
     from dc_pipeline.defs.registry.assets import champion
     from dc_pipeline.defs.resources import build_resources, step_executor, step_output_storage
@@ -63,7 +63,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
             champion,
             *[d for s in images for d in build_scoring(s)],
             *[d for s in images for d in build_drift(s)],
-            overview,
+            build_overview(images),
             curation.label_issues,
             curation.slice_analysis,
             curation.labelling_queue,

@@ -266,7 +266,7 @@ class Registry:
 class GatePolicy:
     mce_relative_margin: float = 0.05  # challenger mCE <= (1 - margin) * champion mCE
     max_clean_error_increase: float = 0.005  # 0.5 points
-    calibration_tolerance: float = 0.0  # challenger RMS calibration error <= champion's + this
+    calibration_tolerance: float = 0.01  # challenger RMS calibration error <= champion's + this
     first_max_clean_error: float = 0.10  # absolute bounds for the first model ever promoted
     first_max_mce: float = 0.40
     first_max_rms_calibration: float = 0.25

@@ -222,7 +222,9 @@ class PromotionPolicy(Config):
         default=0.005, description="Clean error may rise by at most this (0.005 = 0.5 points)."
     )
     calibration_tolerance: float = Field(
-        default=0.0, description="RMS calibration error on corrupted data may rise by at most this."
+        default=0.01,
+        description="RMS calibration error on corrupted data may rise by at most this (0.01 = one point): "
+        "smaller differences are within what a test split of a few hundred images can tell apart.",
     )
     first_max_clean_error: float = Field(default=0.10, description="Bound on the first model's clean error.")
     first_max_mce: float = Field(default=0.40, description="Bound on the first model's mCE.")
@@ -239,7 +241,7 @@ class PromotionPolicy(Config):
     description=(
         "Blocking. The challenger becomes champion only if its mCE beats the champion's by 5% (relative), "
         "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "
-        "not worse, both measured on the same, current test data (the champion is re-evaluated on it). "
+        "at most one point worse, all measured on the same, current test data (the champion is re-evaluated on it). "
         "The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
         "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions."
     ),

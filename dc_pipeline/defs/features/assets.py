@@ -18,7 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from dc_pipeline.catalog import DATASET_VERSION, FEATURES, IMAGE_STATS, IMAGES, T, warehouse_pool
+from dc_pipeline.catalog import DATASET_VERSION, DECISIONS, FEATURES, IMAGE_STATS, IMAGES, T, warehouse_pool
 from dc_pipeline.core.data.incremental_features import PUBLISHED, REJECTED, STAGED, SUPERSEDED
 from dc_pipeline.defs.metadata import counts_markdown, table_metadata
 from dc_pipeline.defs.resources import DataLake, Warehouse
@@ -52,7 +52,7 @@ class FeaturesConfig(Config):
             DATASET_VERSION,
             group_name=FEATURES,
             kinds={"duckdb", "lance"},
-            deps=[IMAGES],
+            deps=[IMAGES, DECISIONS],
             description=(
                 "The canonical model input (grayscale, fixed size, float in [0, 1]) with a split per image from "
                 "its content hash, as versions named by their content hash in a Lance store per image size "

@@ -14,6 +14,7 @@ from dc_pipeline.catalog import (
     accelerator_tags,
     batches_of,
     drift_key,
+    scores_key,
     warehouse_pool,
 )
 from dc_pipeline.defs.resources import DataLake, Warehouse
@@ -52,16 +53,21 @@ def build_drift(source: str) -> list:
     return [drift_report]
 
 
-@asset(
-    key=OVERVIEW,
-    group_name=MONITORING,
-    kinds={"duckdb"},
-    pool=warehouse_pool(),
-    description=(
-        "Business and model figures over time, one row per scored batch: automation rate, review-queue "
-        "size, error where labels exist, and the batch's drift verdict."
-    ),
-)
+def build_overview(image_sources: list[str]):
+    """The overview asset, downstream of every image source's scores and drift reports (what it summarises)."""
+    return asset(
+        key=OVERVIEW,
+        group_name=MONITORING,
+        kinds={"duckdb"},
+        pool=warehouse_pool(),
+        deps=[k for s in image_sources for k in (scores_key(s), drift_key(s))],
+        description=(
+            "Business and model figures over time, one row per scored batch: automation rate, review-queue "
+            "size, error where labels exist, and the batch's drift verdict."
+        ),
+    )(overview)
+
+
 def overview(warehouse: Warehouse) -> MaterializeResult:
     from dc_pipeline.core.plots import markdown_image
     from dc_pipeline.warehouse.io import table_exists

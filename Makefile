@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export TQDM_DISABLE := 1
 PORT ?= 3000
 
-.PHONY: run materialize test lint install demo-data clean-data cluster-install cluster-up cluster-down cluster-status cluster-test
+.PHONY: run materialize test lint install demo-data clean-data screenshots cluster-install cluster-up cluster-down cluster-status cluster-test
 
 # The local cluster (multi-machine mode on loopback): its folder and ports.
 CLUSTER_DIR ?= /tmp/dc-pipeline-cluster
@@ -44,8 +44,11 @@ install: .venv/.installed
 demo-data: install
 	$(PY) -m dc_pipeline.cli demo-data
 
-## Headless: ingest every complete batch and refresh everything downstream, no UI.
+## Headless: ingest every complete batch not ingested yet and refresh everything downstream, no UI; then, once,
+## a simulated reviewer answers the top of the label-issue queue and that reviews batch is ingested too.
 materialize: demo-data
+	$(PY) -m dc_pipeline.cli materialize
+	$(PY) -m dc_pipeline.cli simulate-review --top 20 --unless-reviewed
 	$(PY) -m dc_pipeline.cli materialize
 
 ## Main command: materialize once, then serve the UI and the daemon (sensors, schedules) on $(PORT).
@@ -71,10 +74,14 @@ cluster-status: cluster-install
 cluster-test: cluster-install
 	.venv-cluster/bin/pytest -q -p no:cacheprovider cluster_tests
 
+## The README's screenshots, from a real run in a temporary folder (needs Debian's chromium).
+screenshots: install
+	$(PY) docs/screenshots.py
+
 ## Lint, format check and definitions validation (what .ci/run runs before the tests).
 lint: install
-	.venv/bin/ruff check dc_pipeline dc_pipeline_tests cluster_tests benchmarks
-	.venv/bin/ruff format --check dc_pipeline dc_pipeline_tests cluster_tests benchmarks
+	.venv/bin/ruff check dc_pipeline dc_pipeline_tests cluster_tests benchmarks docs
+	.venv/bin/ruff format --check dc_pipeline dc_pipeline_tests cluster_tests benchmarks docs
 	.venv/bin/dagster definitions validate -m dc_pipeline.definitions
 
 clean-data:

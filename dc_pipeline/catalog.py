@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dagster import AssetKey, DynamicPartitionsDefinition
 
+CODE_LOCATION = "dc_pipeline.definitions"
+"""The code location's name: the module ``dagster dev -m`` and ``workspace.yaml`` load."""
+
 # -- groups (= key prefix = folder under defs/ = warehouse schema) ---------------------------------------
 RAW = "raw"
 CLEAN = "clean"

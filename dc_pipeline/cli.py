@@ -16,7 +16,8 @@ from dc_pipeline.settings import Settings, apply_env_file, load_settings
 
 
 def cmd_demo_data(args, s: Settings) -> int:
-    from dc_pipeline.demo.landing import write_demo_landing
+    from dc_pipeline.demo.batches import write_demo_batch
+    from dc_pipeline.demo.landing import PRODUCTION_SOURCE, write_demo_landing
 
     landing = s.data_dir / "landing"
     if landing.is_dir() and any(landing.iterdir()) and not args.force:
@@ -24,6 +25,9 @@ def cmd_demo_data(args, s: Settings) -> int:
         return 0
     counts = write_demo_landing(landing, seed=args.seed)
     print(f"wrote the demo landing zone under {landing}; injected faults: {counts}")
+    # The model's real-world inputs arrive unlabelled: one batch of them, scored, monitored and queued for labelling.
+    path = write_demo_batch(landing, PRODUCTION_SOURCE, 200, "none", args.seed, "batch-0001", demo_seed=args.seed)
+    print(f"wrote {path}: 200 unlabelled images (the `{PRODUCTION_SOURCE}` source)")
     return 0
 
 
@@ -70,6 +74,10 @@ def cmd_simulate_labelling(args, s: Settings) -> int:
 def cmd_simulate_review(args, s: Settings) -> int:
     from dc_pipeline.ops.review import simulate_review
 
+    reviews = s.data_dir / "landing" / "reviews"
+    if args.unless_reviewed and reviews.is_dir() and any(reviews.iterdir()):
+        print(f"{reviews} already has a batch; leaving the review queue as it is")
+        return 0
     path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth, s.warehouse_location)
     print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
     return 0
@@ -175,7 +183,10 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dc-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo-data", help="write the demo landing zone (three sources) if it is empty")
+    p = sub.add_parser(
+        "demo-data",
+        help="write the demo landing zone (three labelled sources, one unlabelled production batch) if it is empty",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--force", action="store_true", help="write even if the landing zone has batches")
     p.set_defaults(func=cmd_demo_data)
@@ -204,6 +215,7 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=int, default=0, help="review only the top N of the queue (default: all)")
     p.add_argument("--batch-id", help="default: derived from the time")
+    p.add_argument("--unless-reviewed", action="store_true", help="do nothing if a reviews batch has already landed")
     p.set_defaults(func=cmd_simulate_review)
 
     p = sub.add_parser(

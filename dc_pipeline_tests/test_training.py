@@ -169,3 +169,23 @@ def test_the_training_device_is_resolved_recorded_and_never_silently_swapped():
     result = train(x, y, None, None, TrainConfig(epochs=1, width=4, n_classes=4, batch_size=20, device="auto"))
     assert result.config.device == expected  # the registry records where it ran
     assert all(t.device.type == "cpu" for t in result.state_dict.values())
+
+
+def test_training_logs_start_epoch_k_of_n_with_rate_and_time_left_and_end(
+    digits14: tuple[np.ndarray, np.ndarray],
+) -> None:
+    images, labels = digits14
+    lines: list[str] = []
+    config = TrainConfig(epochs=3, width=4, batch_size=32, seed=0, device="cpu")
+    result = train(images[:96], labels[:96], images[96:128], labels[96:128], config, log=lines.append, name="tiny")
+    assert len(lines) == 1 + 3 + 1, lines
+    assert lines[0] == "training tiny: 3 epochs over 96 images (validation 32) on cpu"
+    for k, line in enumerate(lines[1:4], start=1):
+        assert line.startswith(f"tiny epoch {k}/3: train loss "), line
+        assert "val error " in line and "images/s" in line and "elapsed" in line, line
+    assert "left" in lines[1] and "left" in lines[2] and "left" not in lines[3]  # no estimate once done
+    assert lines[4].startswith("trained tiny: 3 epochs in ") and lines[4].endswith("images/s on average")
+    assert result.seconds >= sum(h["seconds"] for h in result.history) > 0
+    assert result.images_per_second == pytest.approx(3 * 96 / sum(h["seconds"] for h in result.history))
+    quiet = train(images[:96], labels[:96], None, None, config)  # no log: same weights, no validation needed
+    assert quiet.weights_sha256 == result.weights_sha256

@@ -1,16 +1,81 @@
-"""Headless materialization: ingest every complete landing batch, refresh downstream, score each batch."""
+"""Headless materialization: ingest every complete landing batch, refresh downstream, score each batch.
+
+The runs execute here, in this process, but as runs of the code location the UI serves (``dagster dev -m
+dc_pipeline.definitions``): each carries that location's origin, so the Overview timeline, the Runs page,
+their logs and re-execution treat them like runs launched from the UI.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
-from dc_pipeline.catalog import REFRESH_JOB, batches_of, drift_key, ingest_job_name, scores_key
+from dc_pipeline.catalog import (
+    CHAMPION,
+    CODE_LOCATION,
+    OVERVIEW,
+    REFRESH_JOB,
+    SWEEP_JOB,
+    batches_of,
+    drift_key,
+    ingest_job_name,
+    raw_key,
+    scores_key,
+)
 from dc_pipeline.core.data.landing import scan_landing
 
 
-def materialize_all(defs, instance, lake, log: Callable[[str], None] = print) -> bool:
-    """Register every complete landing batch as a partition, ingest each, refresh downstream, then score
-    each image batch and report its drift with the new champion. The landing scan is the sensor's.
+def location_job_origin(job_name: str):
+    """The origin a run of ``job_name`` has when the UI's code location launches it."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_LOCATION)
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=CODE_LOCATION)
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+
+
+def execute_as_location_run(
+    job_def,
+    instance,
+    *,
+    partition_key: str | None = None,
+    asset_selection: Sequence | None = None,
+    run_config: Mapping | None = None,
+):
+    """Execute ``job_def`` in this process (like ``execute_in_process``: one process, no step launch cost) as a
+    run of the UI's code location. Returns Dagster's execution result."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.api import execute_run
+    from dagster._core.execution.execute_in_process import merge_run_tags
+
+    selection = list(asset_selection) if asset_selection else None
+    job = job_def.as_ephemeral_job(resource_defs={}, input_values={})
+    if not run_config and partition_key and job.partitioned_config:
+        run_config = job.partitioned_config.get_run_config_for_partition_key(partition_key)
+    tags = merge_run_tags(job_def, partition_key, None, selection, instance, run_config)
+    run = instance.create_run_for_job(
+        job_def=job.get_subset(asset_selection=set(selection)) if selection else job,
+        run_config=run_config or {},
+        tags=tags,
+        asset_selection=frozenset(selection) if selection else None,
+        remote_job_origin=location_job_origin(job_def.name),
+    )
+    return execute_run(InMemoryJob(job), run, instance)
+
+
+def materialize_all(
+    defs, instance, lake, log: Callable[[str], None] = print, refresh_config: Mapping | None = None
+) -> bool:
+    """Register every complete landing batch as a partition and ingest the ones not ingested yet; when an image
+    batch was new (or there is no champion yet) refresh downstream (with ``refresh_config``, the launchpad's
+    defaults if None) and score every image batch and report its drift with the new champion; then the
+    monitoring overview. The landing scan is the sensor's. Run again, it does only what new batches need.
 
     Returns True when every run succeeded. A batch that fails its blocking checks fails its own run and
     stays out of clean data; the others go on.
@@ -25,24 +90,33 @@ def materialize_all(defs, instance, lake, log: Callable[[str], None] = print) ->
 
     def run(job: str, what: str, **kwargs) -> None:
         nonlocal ok
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+        result = execute_as_location_run(defs.resolve_job_def(job), instance, **kwargs)
         ok &= result.success
         log(f"{what}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
 
+    new_images = False
     for source in sorted(kinds):
         batches = [b.batch_id for b in landed if b.source == source]
         known = set(instance.get_dynamic_partitions(batches_of(source).name))
         if new := [b for b in batches if b not in known]:
             instance.add_dynamic_partitions(batches_of(source).name, new)
+        ingested = instance.get_materialized_partitions(raw_key(source))
         for batch in batches:
+            if batch in ingested:
+                continue
             run(ingest_job_name(source), f"ingest {source}/{batch}", partition_key=batch)
-    run(REFRESH_JOB, REFRESH_JOB)
-    for b in landed:
-        if kinds.get(b.source) == "images":  # score each batch with the (new) champion
-            run(
-                ingest_job_name(b.source),
-                f"score and drift {b.key}",
-                partition_key=b.batch_id,
-                asset_selection=[scores_key(b.source), drift_key(b.source)],
-            )
+            new_images |= kinds[source] == "images"
+    if new_images or instance.get_latest_materialization_event(CHAMPION) is None:
+        run(REFRESH_JOB, REFRESH_JOB, run_config=refresh_config)
+        for b in landed:
+            if kinds.get(b.source) == "images":  # score each batch with the (new) champion
+                run(
+                    ingest_job_name(b.source),
+                    f"score and drift {b.key}",
+                    partition_key=b.batch_id,
+                    asset_selection=[scores_key(b.source), drift_key(b.source)],
+                )
+    else:
+        log("no new image batch: clean data, models and scores are current")
+    run(SWEEP_JOB, "monitoring overview", asset_selection=[OVERVIEW])
     return ok

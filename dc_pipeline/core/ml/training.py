@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dc_pipeline.core.ml.networks import SmallCNN
+from dc_pipeline.core.progress import Progress
 
 __all__ = [
     "MODES",
@@ -81,7 +82,8 @@ class TrainResult:
     ``history`` has one dict per epoch: ``epoch``, ``loss`` (mean training objective), ``ce``, ``jsd``
     (0.0 for the baseline), ``lr`` (after the epoch), ``val_error`` (``None`` without validation
     data), ``images_per_sec`` (training images per second), ``seconds`` (training time) and
-    ``eval_seconds``.
+    ``eval_seconds``. The result's own ``seconds`` is the wall time of all epochs (validation
+    included) and ``images_per_second`` the mean training throughput (images over training time).
     """
 
     state_dict: dict[str, Tensor]
@@ -90,6 +92,8 @@ class TrainResult:
     mode: str
     model_kwargs: dict[str, int]
     weights_sha256: str = field(default="")
+    seconds: float = 0.0
+    images_per_second: float = 0.0
 
     def model(self) -> SmallCNN:
         """A ``SmallCNN`` with these weights, in eval mode."""
@@ -185,6 +189,8 @@ def train(
     config: TrainConfig | None = None,
     mode: Mode = "baseline",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    name: str | None = None,
 ) -> TrainResult:
     """Train a ``SmallCNN`` on ``images`` ``[N, H, W]`` (float32 in [0, 1]) and int ``labels``.
 
@@ -201,7 +207,10 @@ def train(
     Determinism: the weights are initialised from ``torch.manual_seed(seed)``, data order and
     augmentation have their own generators derived from ``seed``; deterministic algorithms and
     ``config.threads`` threads are used during training and the previous settings restored.
-    ``on_epoch`` receives each history record as it is written.
+    ``on_epoch`` receives each history record as it is written; ``log`` receives short progress lines
+    (a start line, ``"<name> epoch 6/30: train loss ..., val error ..., 1,850 images/s, 14 s elapsed,
+    about 40 s left"`` per epoch, and an end line with the total time and mean images/s); ``name``
+    (default: the mode) names the model in them.
     """
     cfg = config or TrainConfig()
     if mode not in MODES:
@@ -253,6 +262,11 @@ def train(
         )
         g_data = torch.Generator().manual_seed(data_seed)
         g_aug = torch.Generator().manual_seed(aug_seed)
+        label = name or mode
+        say = log or (lambda _line: None)
+        val_note = f" (validation {len(val_labels):,})" if has_val else ""
+        say(f"training {label}: {cfg.epochs} epochs over {n:,} images{val_note} on {device.type}")
+        progress = Progress(cfg.epochs, unit="images")
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             start = time.perf_counter()
@@ -293,11 +307,25 @@ def train(
                 "eval_seconds": time.perf_counter() - start,
             }
             history.append(record)
+            progress.step(n, seconds)
+            val_text = "" if val_error is None else f", val error {val_error:.1%}"
+            say(f"{label} epoch {epoch}/{cfg.epochs}: train loss {record['loss']:.3f}{val_text}, {progress.timing()}")
             if on_epoch is not None:
                 on_epoch(record)
+        total_seconds = progress.elapsed
+        say(f"trained {label}: {cfg.epochs} epochs in {progress.summary()}")
         model.eval()
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    return TrainResult(state, history, cfg, mode, model_kwargs, weights_sha256(state))
+    return TrainResult(
+        state,
+        history,
+        cfg,
+        mode,
+        model_kwargs,
+        weights_sha256(state),
+        seconds=total_seconds,
+        images_per_second=progress.items_per_second,
+    )
 
 
 def _prepared(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

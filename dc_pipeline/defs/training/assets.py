@@ -49,22 +49,33 @@ def train_config(config: TrainingConfig, n_classes: int):
 
 
 def training_curve_png(history: list[dict]) -> bytes:
+    """Training loss (left axis) and validation error in % (right axis) per epoch; the legend sits below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from dc_pipeline.core.plots import figure_png
 
     fig, ax = plt.subplots(figsize=(6, 3))
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], label="training loss")
+    lines = ax.plot(epochs, [h["loss"] for h in history], color="tab:blue", marker=".", label="training loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [h["val_error"] for h in history], color="tab:red", label="validation error")
-    ax2.set_ylabel("validation error")
-    fig.legend(loc="upper right")
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if any(h["val_error"] is not None for h in history):
+        ax2 = ax.twinx()
+        val = [float("nan") if h["val_error"] is None else 100 * h["val_error"] for h in history]
+        lines += ax2.plot(epochs, val, color="tab:red", marker=".", label="validation error (%)")
+        ax2.set_ylabel("validation error (%)", color="tab:red")
+        ax2.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.legend(
+        lines, [ln.get_label() for ln in lines], loc="upper center", bbox_to_anchor=(0.5, 0.03), ncol=2, frameon=False
+    )
     return figure_png(fig)
 
 
@@ -106,12 +117,6 @@ def build_model_asset(kind: str):
         version = open_version(lake.datasets, meta["dataset_hash"])
         train_split, val_split = version.reader("train"), version.reader("val")  # minibatches taken by index
 
-        def log_epoch(h: dict) -> None:
-            context.log.info(
-                f"{kind} epoch {h['epoch']}: loss {h['loss']:.4f}, val error {h['val_error']:.4f}, "
-                f"{h['images_per_sec']:.0f} images/s"
-            )
-
         cfg = train_config(config, len(classes))
         result = train(
             train_split,
@@ -120,7 +125,8 @@ def build_model_asset(kind: str):
             class_index(val_split.labels, classes),
             cfg,
             mode=kind,
-            on_epoch=log_epoch,
+            log=context.log.info,  # start line, "epoch k/n: ..., images/s, elapsed, time left", end line
+            name=key.path[-1],
         )
         code = code_version()
         spec = {**result.model_kwargs, "classes": classes, "preprocessing": "grayscale, bilinear resize, /255"}
@@ -162,6 +168,8 @@ def build_model_asset(kind: str):
                 "code_version": str(code["label"]),
                 "final_val_error": float(history["val_error"].iloc[-1]),
                 "seconds_per_epoch": round(seconds / len(history), 3),
+                "train_seconds": round(result.seconds, 1),
+                "images_per_second": round(result.images_per_second, 1),
                 "config": MetadataValue.json(cfg.to_dict()),
                 "epochs": MetadataValue.md(history.round(4).to_markdown(index=False)),
                 "training_curve": MetadataValue.md(

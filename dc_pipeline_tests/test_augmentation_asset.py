@@ -18,7 +18,7 @@ def test_demo_augmented_samples_and_their_check(demo):
         "views": 2,
         "seed": 0,
     }
-    assert "data:image/png;base64," in md["preview"].value
+    assert "data:image/png;base64," in md["preview: AugMix views"].value
     samples = np.load(demo.data / md["path"].value)
     assert samples["views"].shape == (256, 2, 28, 28)
     assert not np.allclose(samples["views"][:, 0], samples["originals"]), "the views are augmented"

@@ -29,7 +29,12 @@ def test_demo_data_then_a_drifted_batch(tmp_path, monkeypatch, capsys):
     )
     batch = tmp_path / "landing" / "legacy_erp" / "batch-9001"
     assert is_complete(batch) and (batch / "manifest.parquet").is_file()
-    assert sorted(p.name for p in (tmp_path / "landing").iterdir()) == ["field_app", "legacy_erp", "partner_api", "production"]
+    assert sorted(p.name for p in (tmp_path / "landing").iterdir()) == [
+        "field_app",
+        "legacy_erp",
+        "partner_api",
+        "production",
+    ]
 
 
 def test_an_unlabelled_demo_batch_keeps_its_digits_aside(tmp_path, monkeypatch, capsys):

@@ -46,7 +46,7 @@ def test_review_queue_finds_the_injected_flips(looped):
         md["precision_vs_known"].value,
         md["recall_vs_known"].value,
     )
-    assert "data:image/png;base64," in md["preview"].value
+    assert "data:image/png;base64," in md["preview: review queue, given and suggested labels"].value
 
 
 def test_reviews_become_a_curated_dataset_version_with_lineage(looped):

@@ -56,7 +56,7 @@ def test_evaluation_covers_every_corruption_and_both_models(demo):
     assert (summary.loc["mce"] >= summary.loc["clean_error"] - 0.05).all()
     event = demo.instance.get_latest_materialization_event(AssetKey(["evaluation", "model_evaluation"]))
     md = event.asset_materialization.metadata
-    assert md["plot_reliability"].value.startswith("![](data:image/png;base64,")
+    assert "](data:image/png;base64," in md["plot: reliability"].value
     assert "augmix_relative_mce" in md and "per_source_error" in md
 
 

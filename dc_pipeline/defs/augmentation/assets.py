@@ -62,7 +62,7 @@ def augmented_samples(
 
     from dc_pipeline.augmix import AugMix
     from dc_pipeline.core.data.dataset_store import open_version
-    from dc_pipeline.core.plots import grid_png, markdown_image
+    from dc_pipeline.core.plots import captioned_image, image_grid_png
 
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
@@ -86,19 +86,33 @@ def augmented_samples(
     np.savez_compressed(
         out, positions=pick, labels=y[pick], originals=sampled, views=views.numpy(), config=json.dumps(aug_config)
     )
-    preview = grid_png([[sampled[k], *views[k].numpy()] for k in range(min(len(pick), 12))])
+    shown = min(len(pick), 12)
+    preview = image_grid_png(
+        [[sampled[k], *views[k].numpy()] for k in range(shown)],
+        col_titles=["original", *(f"AugMix view {v + 1}" for v in range(config.views))],
+        row_titles=[f"label {y[pick[k]]}" for k in range(shown)],
+    )
+    rate = len(pick) * config.views / max(seconds, 1e-9)
     context.log.info(f"{len(pick) * config.views} AugMix views in {seconds:.2f}s")
+    depth = "1 to 3" if config.depth < 0 else str(config.depth)
     return MaterializeResult(
         metadata={
+            "summary": f"{len(pick)} training images x {config.views} AugMix views (severity {config.severity}, "
+            f"width {config.width}, depth {depth}, alpha {config.alpha:g}), {rate:.0f} images/s",
+            "preview: AugMix views": MetadataValue.md(
+                captioned_image(
+                    preview,
+                    f"Each row: a sampled training image (original, with its label), then its {config.views} "
+                    "AugMix views.",
+                    f"sampled training images and their {config.views} AugMix views",
+                )
+            ),
             "dataset_hash": meta["dataset_hash"],
             "path": MetadataValue.path(lake.relative(out)),
             "samples": int(len(pick)),
             "views_per_sample": config.views,
             "augmentation_config": MetadataValue.json(aug_config),
-            "images_per_second": round(len(pick) * config.views / max(seconds, 1e-9), 1),
-            "preview": MetadataValue.md(
-                "Each row: the original, then its AugMix views.\n\n" + markdown_image(preview, "AugMix preview")
-            ),
+            "images_per_second": round(rate, 1),
         }
     )
 

@@ -18,7 +18,7 @@ from dagster import (
 from pydantic import Field
 
 from dc_pipeline.catalog import CLEAN, DECISIONS, IMAGES, LINEAGE, QUARANTINE, T, raw_key, warehouse_pool
-from dc_pipeline.defs.metadata import counts_markdown
+from dc_pipeline.defs.metadata import counts_markdown, counts_text, markdown_table, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 BATCH_GATE = T.BATCH_GATE
@@ -136,9 +136,12 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
             "raw_records_read": run.raw_rows,
             "images_recomputed": len(run.changed_images),
         }
+        n_cleaned = f"this run cleaned {len(run.cleaned)} batch(es)" if run.cleaned else "nothing new to clean"
         yield MaterializeResult(
             asset_key=IMAGES,
             metadata={
+                "summary": f"{figures['images']} accepted images ({figures['unlabelled']} unlabelled) from "
+                f"{len(figures['per_source'])} source(s); {n_cleaned}",
                 "dagster/row_count": figures["images"],
                 **this_run,
                 "unlabelled": figures["unlabelled"],
@@ -149,6 +152,8 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         yield MaterializeResult(
             asset_key=QUARANTINE,
             metadata={
+                "summary": f"{figures['quarantine']} quarantined records"
+                + (f": {counts_text(figures['per_reason'], 3)}" if figures["quarantine"] else ""),
                 "dagster/row_count": figures["quarantine"],
                 **this_run,
                 "per_reason": counts_markdown(figures["per_reason"], "reason"),
@@ -157,6 +162,8 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         yield MaterializeResult(
             asset_key=DECISIONS,
             metadata={
+                "summary": f"{figures['decisions']} accepted review decisions"
+                + (f": {counts_text(figures['per_decision'])}" if figures["decisions"] else ""),
                 "dagster/row_count": figures["decisions"],
                 **this_run,
                 "per_decision": counts_markdown(figures["per_decision"], "decision"),
@@ -164,7 +171,13 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
         )
         yield MaterializeResult(
             asset_key=LINEAGE,
-            metadata={"dagster/row_count": figures["lineage"], **this_run, "duplicates": figures["duplicates"]},
+            metadata={
+                "summary": f"{figures['lineage']} accepted records traced, {figures['duplicates']} of them duplicates "
+                "kept once",
+                "dagster/row_count": figures["lineage"],
+                **this_run,
+                "duplicates": figures["duplicates"],
+            },
         )
 
     @asset_check(
@@ -200,7 +213,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 "refused_batches": int(table["refused"].sum()),
                 "manifest_records": int(table["manifest_records"].sum()),
                 **{f"all_batches.{k}": v for k, v in totals.items()},
-                "per_batch": MetadataValue.md(table.to_markdown(index=False)),
+                "per_batch": MetadataValue.md(markdown_table(table)),
             },
         )
 
@@ -294,7 +307,7 @@ def build_cleaning(sources: list[str], review_sources: list[str] = ()) -> list:
                 "rows_validated": int(len(images)),
                 "ids_also_on_other_rows": clashes,
                 **summary.metadata(),
-                "report": MetadataValue.md(summary.markdown()),
+                "report": MetadataValue.md(tidy_markdown(summary.markdown())),
             },
         )
 

@@ -17,6 +17,7 @@ from dc_pipeline.catalog import (
     T,
     warehouse_pool,
 )
+from dc_pipeline.defs.metadata import counts_text, markdown_table, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, LabelAudit, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
 from dc_pipeline.warehouse.queries import load_alias_model
@@ -77,7 +78,7 @@ def label_issues(
     from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.data.features import SPLITS
     from dc_pipeline.core.ml.inference import class_index
-    from dc_pipeline.core.plots import grid_png, markdown_image
+    from dc_pipeline.core.plots import captioned_image, image_grid_png
     from dc_pipeline.warehouse.io import replace_table
 
     classes = list(lake.contracts().project.classes)
@@ -114,35 +115,59 @@ def label_issues(
         audit = label_audit.ground_truth_path
         truth = outstanding_errors(audit, conn, full) if audit and os.path.isfile(audit) else None
     top = queue.head(12)
+    flagged_rows = ranked.head(len(queue))  # flagged first: row i is queue row i
+    suggested_p = probs[flagged_rows["index"].to_numpy(), flagged_rows["suggested_label"].to_numpy()]
     pos = {(r.split, r.sha256): i for i, r in enumerate(index.itertuples())}
-    preview = grid_png([[x[pos[(r.split, r.sha256)]]] for r in top.itertuples()]) if len(top) else None
+    share = len(queue) / max(len(x), 1)
     metadata = {
-        "dataset_hash": meta["dataset_hash"],
-        "images_checked": int(len(x)),
-        "flagged": int(len(queue)),
-        "flagged_share": round(len(queue) / max(len(x), 1), 4),
-        "model": "5-fold logistic regression on standardised pixels (out-of-fold), confident learning "
-        "prune_by_noise_rate",
-        "review_queue_top": MetadataValue.md(
-            top.drop(columns=["dataset_hash"]).to_markdown(index=False) if len(top) else "_empty_"
-        ),
+        "summary": f"{len(queue)} of {len(x)} images flagged as likely label errors ({share:.1%}) in dataset "
+        f"version {meta['dataset_hash'][:12]}",
     }
-    if preview:
-        metadata["preview"] = MetadataValue.md(
-            "Top of the queue, in rank order (given -> suggested: "
-            + ", ".join(f"{a}->{b}" for a, b in zip(top.given_label, top.suggested_label))
-            + ")\n\n"
-            + markdown_image(preview, "review queue")
+    if len(top):
+        titles = [
+            f"#{r.rank} given {r.given_label} (p {r.score:.2f})\nsuggested {r.suggested_label} (p {p:.2f})"
+            for r, p in zip(top.itertuples(), suggested_p)
+        ]
+        images = [x[pos[(r.split, r.sha256)]] for r in top.itertuples()]
+        per_row = 4
+        metadata["preview: review queue, given and suggested labels"] = MetadataValue.md(
+            captioned_image(
+                image_grid_png(
+                    [images[i : i + per_row] for i in range(0, len(images), per_row)],
+                    cell_titles=[titles[i : i + per_row] for i in range(0, len(titles), per_row)],
+                    cell_inches=1.5,
+                ),
+                "Top of the review queue in rank order: each image with its given label and the label the "
+                "out-of-fold model suggests, with the model's probability of each (a low p for the given "
+                "label is what makes it suspicious).",
+                "the most suspicious images with their given and suggested labels",
+            )
         )
+    metadata.update(
+        {
+            "dataset_hash": meta["dataset_hash"],
+            "images_checked": int(len(x)),
+            "flagged": int(len(queue)),
+            "flagged_share": round(share, 4),
+            "model": "5-fold logistic regression on standardised pixels (out-of-fold), confident learning "
+            "prune_by_noise_rate",
+        }
+    )
+    metadata["review_queue_top"] = MetadataValue.md(markdown_table(top.drop(columns=["dataset_hash"]), empty="_empty_"))
     if truth is not None:
         flagged = set(queue["sha256"])
         hits = len(flagged & truth)
         metadata.update(
             {
+                "ground_truth_file": MetadataValue.path(audit),
                 "known_wrong_labels": len(truth),
                 "precision_vs_known": round(hits / max(len(flagged), 1), 4),
                 "recall_vs_known": round(hits / max(len(truth), 1), 4),
             }
+        )
+        metadata["summary"] += (
+            f"; {hits} of {len(truth)} known wrong labels found (precision {metadata['precision_vs_known']:.2f}, "
+            f"recall {metadata['recall_vs_known']:.2f})"
         )
         context.log.info(f"label issues: {len(flagged)} flagged, {hits} of {len(truth)} known wrong labels found")
     return MaterializeResult(metadata=metadata)
@@ -196,19 +221,29 @@ def slice_analysis(lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
             conn, "curation.slices", table.assign(model_version=champion.version_id, dataset_hash=meta["dataset_hash"])
         )
     flagged = table[table["flagged"]]
+    overall = float(np.mean(~df["correct"]))
+    summary = (
+        f"champion error {overall:.1%} on {len(df)} validation and test images; "
+        f"{len(flagged)} of {len(table)} slices flagged"
+    )
+    if len(flagged):
+        worst = flagged.sort_values("error", ascending=False).iloc[0]
+        summary += (
+            f", worst {worst['dimension']}={worst['slice']} "
+            f"(error {float(worst['error']):.1%}, {int(worst['count'])} images)"
+        )
     return MaterializeResult(
         metadata={
+            "summary": summary,
             "model_version": champion.version_id,
             "images": int(len(df)),
-            "overall_error": float(np.mean(~df["correct"])),
+            "overall_error": overall,
             "slices": int(len(table)),
             "flagged": int(len(flagged)),
             "flagged_slices": MetadataValue.md(
-                flagged[["dimension", "slice", "count", "error", "suggestion"]].to_markdown(index=False)
-                if len(flagged)
-                else "_none_"
+                markdown_table(flagged[["dimension", "slice", "count", "error", "suggestion"]].round(4))
             ),
-            "report": MetadataValue.md(slices_markdown(table)),
+            "report": MetadataValue.md(tidy_markdown(slices_markdown(table))),
         }
     )
 
@@ -271,7 +306,7 @@ def labelling_queue(
 
     from dc_pipeline.core.curation.active_learning import select_for_labelling, uncertainty
     from dc_pipeline.core.data.features import image_statistics
-    from dc_pipeline.core.plots import grid_png, markdown_image
+    from dc_pipeline.core.plots import captioned_image, image_grid_png
     from dc_pipeline.warehouse.io import append_rows, table_exists
     from dc_pipeline.warehouse.queries import canonical_batch
 
@@ -303,10 +338,25 @@ def labelling_queue(
     figures = {"unlabelled": int(unlabelled), "waiting_before": int(waiting), "budget": config.budget}
     if champion is None:
         context.log.warning("no champion yet: nothing can rank the unlabelled images")
-        return MaterializeResult(metadata={**figures, "picked": 0, "reason": "no champion model yet"})
+        return MaterializeResult(
+            metadata={
+                "summary": "nothing picked: no champion model yet",
+                **figures,
+                "picked": 0,
+                "reason": "no champion model yet",
+            }
+        )
     if pool.empty or room == 0:
         reason = "no unlabelled image waits to be considered" if pool.empty else "the queue is at its budget"
-        return MaterializeResult(metadata={**figures, "pool": int(len(pool)), "picked": 0, "reason": reason})
+        return MaterializeResult(
+            metadata={
+                "summary": f"nothing picked: {reason} ({int(waiting)} waiting, budget {config.budget})",
+                **figures,
+                "pool": int(len(pool)),
+                "picked": 0,
+                "reason": reason,
+            }
+        )
     x = canonical_batch(pool, lake, champion.input_size)
     probs = champion.predict_canonical(x)
     pool = pd.concat([pool, image_statistics(x)], axis=1)
@@ -333,19 +383,34 @@ def labelling_queue(
         append_rows(conn, queue, rows[BY_NAME[queue].column_names()])
     position = {s: i for i, s in enumerate(pool["sha256"])}
     top = rows.head(16)
-    preview = grid_png([[x[position[s]] for s in top["sha256"].iloc[i : i + 8]] for i in range(0, len(top), 8)])
+    per_row = 8
+    titles = [f"#{r.rank} pred {r.predicted_label}\n(p {float(r.confidence):.2f})" for r in top.itertuples()]
+    images = [x[position[s]] for s in top["sha256"]]
+    preview = image_grid_png(
+        [images[i : i + per_row] for i in range(0, len(images), per_row)],
+        cell_titles=[titles[i : i + per_row] for i in range(0, len(titles), per_row)],
+    )
     shown = ["rank", "image_id", "reason", "slice", "uncertainty", "predicted_label", "confidence"]
+    by_reason = {str(k): int(v) for k, v in rows["reason"].value_counts().items()}
     return MaterializeResult(
         metadata={
+            "summary": f"picked {len(rows)} of {len(pool)} unlabelled images for labelling ({counts_text(by_reason)}); "
+            f"{int(waiting) + len(rows)} now waiting, budget {config.budget}",
             **figures,
             "pool": int(len(pool)),
             "picked": int(len(rows)),
-            "by_reason": MetadataValue.json(rows["reason"].value_counts().to_dict()),
+            "by_reason": MetadataValue.json(by_reason),
             "flagged_slices": int(len(flagged)),
             "model_version": champion.version_id,
             "mean_uncertainty_picked": float(rows["uncertainty"].mean()),
             "mean_uncertainty_pool": float(uncertainty(probs, config.uncertainty).mean()),
-            "picks": MetadataValue.md(rows[shown].round(4).to_markdown(index=False)),
-            "preview": MetadataValue.md(markdown_image(preview, "picked for labelling, in rank order")),
+            "preview: picked for labelling": MetadataValue.md(
+                captioned_image(
+                    preview,
+                    "The picks in rank order, each with the champion's predicted label and its confidence.",
+                    "images picked for labelling, with the champion's predicted label and confidence",
+                )
+            ),
+            "picks": MetadataValue.md(markdown_table(rows[shown].round(4))),
         }
     )

@@ -25,6 +25,7 @@ from dc_pipeline.catalog import (
     accelerator_tags,
     warehouse_pool,
 )
+from dc_pipeline.defs.metadata import markdown_table, number, percent, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
 
@@ -62,7 +63,7 @@ def corrupted_test_set(
 
     from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_table_markdown
-    from dc_pipeline.core.plots import grid_png, markdown_image
+    from dc_pipeline.core.plots import captioned_image, image_grid_png
 
     with warehouse.get_connection() as conn:
         meta = current_version(conn)
@@ -74,21 +75,30 @@ def corrupted_test_set(
             arrays[f"{name}__{severity}"] = np.rint(out * 255).astype(np.uint8)  # 8-bit, like the source images
     path = corrupted_path(lake, meta["dataset_hash"])
     np.savez_compressed(path, seed=config.seed, **arrays)
-    preview = grid_png(
-        [[x[k]] + [arrays[f"{n}__{s}"][k] / 255.0 for s in SEVERITIES] for k, n in enumerate(sorted(CORRUPTIONS))]
+    names = sorted(CORRUPTIONS)
+    preview = image_grid_png(
+        [[x[k % len(x)]] + [arrays[f"{n}__{s}"][k % len(x)] / 255.0 for s in SEVERITIES] for k, n in enumerate(names)],
+        col_titles=["clean", *(f"severity {s}" for s in SEVERITIES)],
+        row_titles=[n.replace("_", " ") for n in names],
+        cell_inches=0.8,
     )
     return MaterializeResult(
         metadata={
+            "summary": f"{len(x)} test images x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities "
+            f"(dataset version {meta['dataset_hash'][:12]})",
+            "preview: corruptions by severity": MetadataValue.md(
+                captioned_image(
+                    preview,
+                    "Each row: a clean test image (left), then one corruption at severities 1 to 5.",
+                    "test images under each corruption at severities 1 to 5",
+                )
+            ),
             "dataset_hash": meta["dataset_hash"],
             "path": MetadataValue.path(lake.relative(path)),
             "test_images": int(len(x)),
             "corruptions": len(CORRUPTIONS),
             "severities": len(SEVERITIES),
-            "catalogue": MetadataValue.md(corruption_table_markdown()),
-            "preview": MetadataValue.md(
-                "Each row: a clean test image, then one corruption at severities 1 to 5.\n\n"
-                + markdown_image(preview, "corruptions")
-            ),
+            "catalogue": MetadataValue.md(tidy_markdown(corruption_table_markdown())),
         }
     )
 
@@ -127,7 +137,7 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
     from dc_pipeline.core.ml.inference import build_loaded, class_index
     from dc_pipeline.core.ml.metrics import relative_corruption_error
     from dc_pipeline.core.ml.registry import Registry
-    from dc_pipeline.core.plots import markdown_image
+    from dc_pipeline.core.plots import captioned_image
     from dc_pipeline.warehouse.io import replace_rows
 
     with warehouse.get_connection() as conn:
@@ -191,27 +201,63 @@ def model_evaluation(context: AssetExecutionContext, lake: DataLake, warehouse: 
     confusion = pd.DataFrame(evaluations[CANDIDATE_KIND].confusion, index=classes, columns=classes)
     return MaterializeResult(
         metadata={
+            "summary": evaluation_summary({k: ev.summary for k, ev in evaluations.items()}, float(rel.ratio)),
+            "plot: error by corruption": MetadataValue.md(
+                captioned_image(
+                    error_by_corruption_png(evaluations),
+                    "Error per corruption (mean over severities, left) and per severity (mean over corruptions, "
+                    "right), per model.",
+                    "error per corruption and per severity, per model",
+                )
+            ),
+            "plot: reliability": MetadataValue.md(
+                captioned_image(
+                    reliability_png(evaluations),
+                    "Reliability: accuracy against confidence on clean and corrupted test data, per model "
+                    "(the diagonal is perfect calibration).",
+                    "reliability diagrams on clean and corrupted test data, per model",
+                )
+            ),
             "dataset_hash": meta["dataset_hash"],
             **{f"{k}_version": models[k].version_id for k in models},
+            **{f"{k}_weights": MetadataValue.path(models[k].record["weights_path"]) for k in models},
             **{
                 f"{k}_{m}": float(evaluations[k].summary[m])
                 for k in evaluations
                 for m in ("clean_error", "mce", "rms_calibration_corrupted", "automation_rate_corrupted")
             },
             "augmix_relative_mce": float(rel.ratio),
-            "summary": MetadataValue.md(summary.to_markdown()),
+            "metrics_by_model": MetadataValue.md(markdown_table(summary, index=True)),
             "error_per_corruption_and_severity": MetadataValue.md(
                 "\n\n".join(
-                    f"**{k}**\n\n" + ev.corruption_table().round(3).to_markdown() for k, ev in evaluations.items()
+                    f"**{k}**\n\n" + markdown_table(ev.corruption_table().round(3), index=True)
+                    for k, ev in evaluations.items()
                 )
             ),
-            "per_source_error": MetadataValue.md(slices.round(4).to_markdown()),
-            "per_class_error": MetadataValue.md(per_class.round(4).to_markdown()),
-            "confusion_matrix_augmix": MetadataValue.md(confusion.to_markdown()),
-            "plot_error_by_corruption": MetadataValue.md(markdown_image(error_by_corruption_png(evaluations))),
-            "plot_reliability": MetadataValue.md(markdown_image(reliability_png(evaluations))),
+            "per_source_error": MetadataValue.md(markdown_table(slices.round(4), index=True)),
+            "per_class_error": MetadataValue.md(markdown_table(per_class.round(4), index=True)),
+            "confusion_matrix_augmix": MetadataValue.md(
+                markdown_table(confusion.rename_axis("true / predicted"), index=True)
+            ),
         }
     )
+
+
+def evaluation_summary(summaries: dict[str, dict], relative_mce: float | None = None) -> str:
+    """One line: the AugMix model's headline figures against the baseline's (and the champion's mCE)."""
+    a, b = summaries.get("augmix", {}), summaries.get("baseline", {})
+    parts = [
+        f"AugMix clean error {percent(a.get('clean_error'))} vs baseline {percent(b.get('clean_error'))}",
+        f"mCE {number(a.get('mce'))} vs {number(b.get('mce'))}"
+        + (f" (relative {number(relative_mce, '.2f')})" if relative_mce is not None else ""),
+        f"RMS calibration (corrupted) {number(a.get('rms_calibration_corrupted'))} vs "
+        f"{number(b.get('rms_calibration_corrupted'))}",
+        f"automation (corrupted) {percent(a.get('automation_rate_corrupted'), 0)} vs "
+        f"{percent(b.get('automation_rate_corrupted'), 0)}",
+    ]
+    if "champion" in summaries:
+        parts.append(f"champion mCE {number(summaries['champion'].get('mce'))}")
+    return ", ".join(parts)
 
 
 class PromotionPolicy(Config):

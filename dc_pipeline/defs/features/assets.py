@@ -20,7 +20,7 @@ from pydantic import Field
 
 from dc_pipeline.catalog import DATASET_VERSION, DECISIONS, FEATURES, IMAGE_STATS, IMAGES, T, warehouse_pool
 from dc_pipeline.core.data.incremental_features import PUBLISHED, REJECTED, STAGED, SUPERSEDED
-from dc_pipeline.defs.metadata import counts_markdown, table_metadata
+from dc_pipeline.defs.metadata import counts_markdown, markdown_table, plain, table_metadata, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 from dc_pipeline.warehouse.queries import PUBLISHED as CURRENT
 from dc_pipeline.warehouse.queries import published_dataset_hash
@@ -96,37 +96,48 @@ def features(context: AssetExecutionContext, config: FeaturesConfig, lake: DataL
     change = (
         f"+{run.added} -{run.removed} relabelled {run.relabelled}" if run.wrote_store else "no change the dataset sees"
     )
-    context.log.info(f"dataset version {run.dataset_hash[:12]} ({run.status}): {change}; {run.split_counts}")
-    counts = pd.Series(run.split_counts)
+    splits = ", ".join(f"{s} {int(n)}" for s, n in run.split_counts.items())
+    context.log.info(f"dataset version {run.dataset_hash[:12]} ({run.status}): {change}; {splits}")
+    counts = pd.Series({str(s): int(n) for s, n in run.split_counts.items()})
+    status = run.status or STAGED
+    status_text = "staged: published if its audit passes" if status == STAGED else status
     yield MaterializeResult(
         asset_key=DATASET_VERSION,
         metadata={
+            "summary": f"{'new' if run.new_version else 'unchanged'} version {run.dataset_hash[:12]} "
+            f"({status_text}): {int(run.n_images)} images ({splits}); {change}",
             "dataset_hash": run.dataset_hash,
             "new_version": run.new_version,
-            "status": run.status or STAGED,
+            "status": status,
             "parent_hash": run.parent_hash or "",
             "rebuilt": run.rebuild_reason or "no: the changes since the head only",
             "images_looked_at": run.touched,
             "added": run.added,
             "removed": run.removed,
             "relabelled": run.relabelled,
-            "labelled_by_labellers": run.decisions.get("label", 0),
+            "labelled_by_labellers": int(run.decisions.get("label", 0)),
             "pixels_written": run.pixels_written,
             "images_fingerprinted": run.fingerprinted,
             "clean_seq": run.clean_seq,
             "path": MetadataValue.path(run.store),
-            "review_decisions_applied": MetadataValue.json(run.decisions),
+            "review_decisions_applied": MetadataValue.json(plain(run.decisions)),
             "dagster/row_count": run.n_images,
             "split_counts": counts_markdown(counts, "split"),
             "class_share_per_split": MetadataValue.md(
-                class_shares(run.class_counts).round(3).to_markdown() if run.class_counts else "_none_"
+                markdown_table(class_shares(run.class_counts).round(3), index=True) if run.class_counts else "_none_"
             ),
             "image_shape": f"{config.image_size}x{config.image_size}, 1 channel, float32 in [0, 1]",
         },
     )
     yield MaterializeResult(
         asset_key=IMAGE_STATS,
-        metadata={**table_metadata(run.stats.round(4)), "images_added": int(len(run.stats))},
+        metadata={
+            "summary": f"statistics of {len(run.stats)} newly stored images at {config.image_size}x{config.image_size}"
+            if len(run.stats)
+            else "no new image this run: the statistics stay as they were",
+            **table_metadata(run.stats.round(4)),
+            "images_added": int(len(run.stats)),
+        },
     )
 
 
@@ -197,7 +208,7 @@ def feature_expectations(context: AssetCheckExecutionContext, lake: DataLake, wa
         metadata: dict = {}
         for name, s in zip(names, summaries):
             metadata.update(s.metadata(prefix=f"{name}."))
-        metadata["report"] = MetadataValue.md("\n\n".join(s.markdown() for s in summaries))
+        metadata["report"] = MetadataValue.md(tidy_markdown("\n\n".join(s.markdown() for s in summaries)))
         metadata["split_units"] = units
         metadata["design_effect"] = round(design_effect(meta, units), 3)
     except Exception as exc:  # fail closed: a version that cannot be audited is not published

@@ -7,6 +7,7 @@ group split across train and test, is part of the blocking audit ``feature_expec
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from dc_pipeline.catalog import DATASET_VERSION, warehouse_pool
+from dc_pipeline.defs.metadata import counts_text, markdown_table
 from dc_pipeline.defs.resources import Warehouse
 
 QUALITY_WARN_SHARE = 0.05  # share of the newest images with a quality issue above which the check warns
@@ -14,10 +15,10 @@ OUTLIER_WARN_SHARE = 0.02
 PREVIEW = 16
 
 
-def _preview(conn, shas: list[str], titles: list[str]) -> str:
+def _preview(conn, shas: list[str], titles: list[str], caption: str, alt: str) -> str:
     from dc_pipeline.core.curation.data_issues import issue_preview_png
     from dc_pipeline.core.data.incremental_issues import thumbnails
-    from dc_pipeline.core.plots import markdown_image
+    from dc_pipeline.core.plots import captioned_image
 
     thumbs = thumbnails(conn, shas)
     kept = [(thumbs[s], t) for s, t in zip(shas, titles) if s in thumbs]
@@ -25,7 +26,7 @@ def _preview(conn, shas: list[str], titles: list[str]) -> str:
         return "_nothing to show_"
     import numpy as np
 
-    return markdown_image(issue_preview_png(np.stack([k[0] for k in kept]), [k[1] for k in kept]), "preview")
+    return captioned_image(issue_preview_png(np.stack([k[0] for k in kept]), [k[1] for k in kept]), caption, alt)
 
 
 @asset_check(
@@ -58,20 +59,32 @@ def near_duplicates(warehouse: Warehouse) -> AssetCheckResult:
         titles = [
             f"{s[:6]} d={d:.3f}" for a, b, d in zip(top["sha256_a"], top["sha256_b"], top["distance"]) for s in (a, b)
         ]
-        preview = _preview(conn, shas, titles) if len(top) else "_none_"
+        preview = (
+            _preview(
+                conn,
+                shas,
+                titles,
+                "Near-duplicate pairs side by side (first sha256 characters, perceptual distance).",
+                "near-duplicate pairs side by side",
+            )
+            if len(top)
+            else "_none_"
+        )
     return AssetCheckResult(
         passed=pairs.empty,
         severity=AssetCheckSeverity.WARN,
         metadata={
+            "summary": f"{len(pairs)} near-duplicate pairs among the {len(found['images'])} newest images; "
+            f"{int(total)} pairs in {int(groups[0])} groups in all",
             "newest_images": int(len(found["images"])),
             "pairs_among_newest": int(len(pairs)),
             "pairs_total": int(total),
             "groups_total": int(groups[0]),
             "largest_group": int(groups[1]),
+            "preview: near-duplicate pairs": MetadataValue.md(preview),
             "pairs": MetadataValue.md(
-                pairs.drop(columns=["found_at"]).head(20).round(4).to_markdown(index=False) if len(pairs) else "_none_"
+                markdown_table(pairs.drop(columns=["found_at"], errors="ignore").head(20).round(4))
             ),
-            "preview": MetadataValue.md(preview),
         },
     )
 
@@ -86,21 +99,35 @@ def _issue_check(kind: str, table_key: str, bound: float, warehouse: Warehouse) 
         share = rows["sha256"].nunique() / n if len(rows) else 0.0
         top = rows.drop_duplicates("sha256").head(PREVIEW)
         titles = [f"{r.get('issue', kind)} {r['score']:.1f}" for r in top.to_dict("records")]
-        preview = _preview(conn, top["sha256"].tolist(), titles) if len(top) else "_none_"
+        label = "quality issues" if kind == "quality" else "outliers"
+        preview = (
+            _preview(
+                conn,
+                top["sha256"].tolist(),
+                titles,
+                f"Newest images with {label} (issue and score over each).",
+                f"newest images with {label}",
+            )
+            if len(top)
+            else "_none_"
+        )
     counts = rows["issue"].value_counts().to_dict() if "issue" in rows.columns and len(rows) else {}
+    n_found = int(rows["sha256"].nunique()) if len(rows) else 0
     return AssetCheckResult(
         passed=share <= bound,
         severity=AssetCheckSeverity.WARN,
         metadata={
+            "summary": f"{n_found} of the {len(found['images'])} newest images with {label} ({share:.1%}, warns "
+            f"above {bound:.0%})" + (f": {counts_text(counts)}" if counts else ""),
             "newest_images": int(len(found["images"])),
-            f"{kind}_images": int(rows["sha256"].nunique()) if len(rows) else 0,
+            f"{kind}_images": n_found,
             "share": round(float(share), 4),
             "warn_above": bound,
             **({"per_issue": MetadataValue.json({str(k): int(v) for k, v in counts.items()})} if counts else {}),
+            f"preview: {label}": MetadataValue.md(preview),
             "findings": MetadataValue.md(
-                rows.drop(columns=["found_at"]).head(20).round(3).to_markdown(index=False) if len(rows) else "_none_"
+                markdown_table(rows.drop(columns=["found_at"], errors="ignore").head(20).round(3))
             ),
-            "preview": MetadataValue.md(preview),
         },
     )
 

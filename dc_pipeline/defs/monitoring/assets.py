@@ -17,6 +17,7 @@ from dc_pipeline.catalog import (
     scores_key,
     warehouse_pool,
 )
+from dc_pipeline.defs.metadata import markdown_table, number, plain, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 BATCH_SUMMARY = T.BATCH_SUMMARY
@@ -69,46 +70,122 @@ def build_overview(image_sources: list[str]):
 
 
 def overview(warehouse: Warehouse) -> MaterializeResult:
-    from dc_pipeline.core.plots import markdown_image
+    from dc_pipeline.core.plots import captioned_image
     from dc_pipeline.warehouse.io import table_exists
 
     with warehouse.get_connection() as conn:
         if not table_exists(conn, BATCH_SUMMARY):
-            return MaterializeResult(metadata={"batches": 0, "note": "no batch has been scored yet"})
+            return MaterializeResult(
+                metadata={
+                    "summary": "no batch has been scored yet",
+                    "batches": 0,
+                    "note": "no batch has been scored yet",
+                }
+            )
         verdicts = (
             f"LEFT JOIN {DRIFT_VERDICTS} v USING (source, batch_id)"
             if table_exists(conn, DRIFT_VERDICTS)
             else "LEFT JOIN (SELECT NULL AS source, NULL AS batch_id, NULL AS verdict) v USING (source, batch_id)"
         )
         table = conn.execute(f"SELECT s.*, v.verdict FROM {BATCH_SUMMARY} s {verdicts} ORDER BY s.scored_at").df()
-    return MaterializeResult(
-        metadata={
+    metadata = {"summary": overview_summary(table)}
+    if len(table):
+        metadata["plot: automation rate and review queue per batch"] = MetadataValue.md(
+            captioned_image(
+                overview_png(table),
+                "Automation rate (line, left axis; points coloured by source, crossed where drift was found) and "
+                "review-queue size (bars, right axis) per scored batch, oldest first; # is the table's row.",
+                "automation rate and review queue per scored batch",
+            )
+        )
+    metadata.update(
+        {
             "batches": int(len(table)),
             "latest_automation_rate": float(table["automation_rate"].iloc[-1]) if len(table) else 0.0,
             "total_review_queue": int(table["review_queue"].sum()),
-            "table": MetadataValue.md(table.round(4).to_markdown(index=False)),
-            "plot": MetadataValue.md(markdown_image(overview_png(table))) if len(table) else "",
         }
+    )
+    metadata["table"] = MetadataValue.md(markdown_table(overview_table(table), empty="_no batch scored yet_"))
+    return MaterializeResult(metadata=metadata)
+
+
+def overview_summary(table) -> str:
+    """The latest batch's automation rate and drift verdict, and the totals."""
+    from dc_pipeline.defs.metadata import percent
+
+    if not len(table):
+        return "no batch has been scored yet"
+    last = table.iloc[-1]
+    verdict = last["verdict"] if isinstance(last["verdict"], str) else "not reported"
+    drifted = int((table["verdict"] == "drift").sum())
+    return (
+        f"latest batch {last['source']}/{last['batch_id']}: automation rate {percent(last['automation_rate'])}, "
+        f"{int(last['review_queue'])} to review, drift verdict {verdict}; {len(table)} batches scored, "
+        f"{int(table['review_queue'].sum())} images sent to review, {drifted} with drift"
     )
 
 
+def overview_table(table):
+    """The overview rows for reading: numbered like the plot's x axis, figures rounded, times to the second."""
+    import pandas as pd
+
+    shown = table.drop(columns=[c for c in ("model_version",) if c in table.columns]).round(4)
+    if "scored_at" in shown.columns:
+        shown["scored_at"] = pd.to_datetime(shown["scored_at"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+    shown.insert(0, "#", range(1, len(shown) + 1))
+    return shown
+
+
+SOURCE_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
 def overview_png(table) -> bytes:
+    """Automation rate (left axis) and review queue (right axis) per scored batch, numbered oldest first, with
+    one legend for both axes: the line, the bars, a colour per source and a mark for each drift verdict."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     from dc_pipeline.core.plots import figure_png
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    labels = [f"{s}/{b}" for s, b in zip(table["source"], table["batch_id"])]
-    ax.plot(labels, table["automation_rate"], marker="o", label="automation rate")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("automation rate")
+    x = np.arange(1, len(table) + 1)
+    rate = table["automation_rate"].astype(float).to_numpy()
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
     ax2 = ax.twinx()
-    ax2.bar(labels, table["review_queue"], alpha=0.3, color="tab:orange", label="review queue")
+    ax.set_zorder(ax2.get_zorder() + 1)  # the line and points over the bars
+    ax.patch.set_visible(False)
+    ax2.bar(x, table["review_queue"], width=0.7, color="0.85", label="review queue (right axis)")
+    ax.plot(x, rate, color="0.2", linewidth=1.2, label="automation rate (left axis)")
+    for k, source in enumerate(sorted(table["source"].astype(str).unique())):
+        mask = (table["source"].astype(str) == source).to_numpy()
+        ax.scatter(
+            x[mask], rate[mask], s=30, zorder=3, color=SOURCE_COLOURS[k % len(SOURCE_COLOURS)], label=f"source {source}"
+        )
+    verdict = table["verdict"].astype("string").fillna("").to_numpy() if "verdict" in table.columns else []
+    for name, colour in (("warn", "tab:orange"), ("drift", "tab:red")):
+        mask = np.asarray(verdict) == name
+        if mask.any():
+            ax.scatter(x[mask], rate[mask], s=110, marker="x", zorder=4, color=colour, label=f"drift verdict: {name}")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("automation rate")
     ax2.set_ylabel("review queue (images)")
-    ax.tick_params(axis="x", rotation=60)
+    ax.set_xlabel("scored batch, oldest first (# in the table)")
+    ax.set_xlim(0.4, len(x) + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = ax2.get_legend_handles_labels()
+    ax.legend(
+        handles + more_handles,
+        labels + more_labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=min(4, len(labels) + len(more_labels)),
+        fontsize=8,
+        frameon=False,
+    )
     return figure_png(fig)
 
 
@@ -135,7 +212,7 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     from dc_pipeline.core.data.features import image_statistics
     from dc_pipeline.core.ml.inference import class_index
     from dc_pipeline.core.monitoring.drift import drift_plots, drift_report
-    from dc_pipeline.core.plots import markdown_image
+    from dc_pipeline.core.plots import captioned_image
     from dc_pipeline.warehouse.io import replace_rows
     from dc_pipeline.warehouse.queries import accepted_batch, canonical_batch, load_alias_model
 
@@ -143,7 +220,13 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
         champion = load_alias_model(conn, lake.artifacts)
         if champion is None:
             context.log.warning("no champion yet: there is no training data to compare this batch with")
-            return MaterializeResult(metadata={"verdict": "not evaluated", "reason": "no champion model yet"})
+            return MaterializeResult(
+                metadata={
+                    "summary": "not evaluated: no champion model yet",
+                    "verdict": "not evaluated",
+                    "reason": "no champion model yet",
+                }
+            )
         rows = accepted_batch(conn, source, batch_id)
         x = canonical_batch(rows, lake, champion.input_size)
         schema = conn.execute(
@@ -152,7 +235,13 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
             [source, batch_id],
         ).fetchone()
     if rows.empty:
-        return MaterializeResult(metadata={"verdict": "not evaluated", "reason": "no accepted images in this batch"})
+        return MaterializeResult(
+            metadata={
+                "summary": "not evaluated: no accepted images in this batch",
+                "verdict": "not evaluated",
+                "reason": "no accepted images in this batch",
+            }
+        )
     version = open_version(lake.datasets, champion.record["dataset_hash"])
     (x_ref, y_ref), (x_test, y_test) = version.split("train"), version.split("test")
     index = version.index()
@@ -245,17 +334,53 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     (context.log.warning if report.verdict != "none" else context.log.info)(
         f"{source}/{batch_id}: drift verdict {report.verdict}: {'; '.join(report.reasons) or 'no test crossed'}"
     )
+    captions = {
+        "features": (
+            "plot: most drifted image features",
+            "The image statistics that moved most (Wasserstein distance over the reference's spread): "
+            "reference against this batch.",
+            "histograms of the most drifted image statistics, reference against batch",
+        ),
+        "confidence": (
+            "plot: champion confidence",
+            "The champion's top-class confidence: test split against this batch.",
+            "histograms of the champion's top-class confidence, test split against batch",
+        ),
+    }
     return MaterializeResult(
         metadata={
+            "summary": drift_summary(report, len(rows)),
             "verdict": report.verdict,
             "reasons": MetadataValue.md("\n".join(f"- {r}" for r in report.reasons) or "_none_"),
+            **{
+                captions[name][0] if name in captions else f"plot: {name}": MetadataValue.md(
+                    captioned_image(png, *(captions[name][1:] if name in captions else (name,)))
+                )
+                for name, png in plots.items()
+            },
+            "html_report": MetadataValue.path(lake.relative(html_path)),
             "images": int(len(rows)),
             "reference": reference,
             "model_version": champion.version_id,
-            "html_report": MetadataValue.path(lake.relative(html_path)),
-            "thresholds": MetadataValue.json(report.thresholds),
-            "report": MetadataValue.md(
-                report.markdown() + "\n\n" + "\n\n".join(markdown_image(png, name) for name, png in plots.items())
-            ),
+            "thresholds": MetadataValue.json(plain(report.thresholds)),
+            "report": MetadataValue.md(tidy_markdown(report.markdown())),
         }
     )
+
+
+def drift_summary(report, images: int) -> str:
+    """The verdict, the most drifted image feature and the first reason, in one line."""
+    parts = [f"verdict {report.verdict} on {images} images"]
+    features = report.features
+    if features is not None and len(features) and "wasserstein_std" in features.columns:
+        ranked = features["wasserstein_std"].astype(float).dropna().sort_values(ascending=False)
+        if len(ranked):
+            name = ranked.index[0]
+            psi = features.loc[name, "psi"] if "psi" in features.columns else None
+            parts.append(
+                f"most drifted feature {name} (W/std {number(ranked.iloc[0], '.2f')}, PSI {number(psi, '.2f')})"
+            )
+    if report.reasons:
+        first = report.reasons[0]
+        parts.append(first if len(first) <= 140 else first[:139] + "…")
+    return "; ".join(parts)

@@ -17,13 +17,14 @@ from dagster import (
 )
 
 from dc_pipeline.catalog import RAW, T, batches_of, raw_key, raw_table, warehouse_pool
-from dc_pipeline.defs.metadata import plain, table_metadata
+from dc_pipeline.defs.metadata import plain, table_metadata, tidy_markdown
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 SCHEMA_HISTORY = T.SCHEMA_HISTORY
 BATCH_GATE = T.BATCH_GATE
 # Share of records a batch may have wrong before the batch as a whole is refused.
 BATCH_TOLERANCE = {"ids": 0.05, "labels": 0.10, "timestamps": 0.05, "payload": 0.10}
+TOLERANCE_TEXT = ", ".join(f"{share:.0%} of {what}" for what, share in BATCH_TOLERANCE.items())
 
 
 def gate_row(source: str, batch_id: str, check: str, passed: bool, detail: str) -> pd.DataFrame:
@@ -83,7 +84,7 @@ def _batch_quality(source: str, batch_id: str, lake: DataLake, warehouse: Wareho
         rows = conn.execute(f"SELECT * FROM {raw_table(source)} WHERE batch_id = ?", [batch_id]).df()
     if status and status[0][0] == "refused":
         detail = f"the batch was refused: {'; '.join(json.loads(status[0][1]))}"
-        return False, detail, {"refused": MetadataValue.text(detail)}
+        return False, detail, {"summary": detail, "refused": MetadataValue.text(detail)}
     now = datetime.now(UTC)
     frame = health_frame(rows, contract, contracts.project, now)
     summary = validate(
@@ -116,7 +117,37 @@ def _batch_quality(source: str, batch_id: str, lake: DataLake, warehouse: Wareho
         name=f"{source}_batch_quality",
     )
     failed = "; ".join(f"{o.expectation}[{o.column}]" for o in summary.failed())
-    return summary.success, failed, {**summary.metadata(), "report": MetadataValue.md(summary.markdown())}
+    n, bad = len(summary.outcomes), len(summary.failed())
+    text = (
+        f"{n - bad} of {n} expectations met on {len(frame)} records"
+        + (f"; failed: {failed}" if failed else "")
+        + f" (tolerated: {TOLERANCE_TEXT} wrong)"
+    )
+    return (
+        summary.success,
+        failed,
+        {
+            "summary": text,
+            **summary.metadata(),
+            "tolerances": MetadataValue.md(
+                "| records | may be wrong |\n|---|---|\n"
+                + "\n".join(f"| {what} | {share:.0%} |" for what, share in BATCH_TOLERANCE.items())
+            ),
+            "report": MetadataValue.md(tidy_markdown(summary.markdown())),
+        },
+    )
+
+
+def raw_summary(batch, kind: str) -> str:
+    """One line: records, the schema verdict and, for images, how many were stored."""
+    if batch.refusal:
+        return f"refused: {batch.refusal.message}"[:300]
+    text = f"{len(batch.rows)} records, schema {batch.verdict.status}"
+    if kind == "images" and len(batch.rows):
+        stored = int(batch.rows["image_sha256"].notna().sum())
+        errors = int(batch.rows["image_error"].notna().sum())
+        text += f", {stored} images stored" + (f", {errors} with image errors" if errors else "")
+    return text + (f"; {len(batch.verdict.messages)} schema message(s)" if batch.verdict.messages else "")
 
 
 def build_ingestion(source: str) -> list:
@@ -209,7 +240,9 @@ def build_ingestion(source: str) -> list:
         manifest = batch.manifest
         yield MaterializeResult(
             metadata={
+                "summary": raw_summary(batch, contract.kind),
                 **table_metadata(batch.rows),
+                "landing_batch": MetadataValue.path(lake.relative(lake.batch_dir(source, batch_id))),
                 "manifest_sha256": batch.fingerprint,
                 "schema_status": batch.verdict.status,
                 "schema_hash": history["schema_hash"] or "",
@@ -247,8 +280,8 @@ def build_ingestion(source: str) -> list:
         description=(
             "Blocking. Great Expectations on the batch: ids present and unique, labels in the source's vocabulary, "
             "times parse and are plausible, the payload is there (image bytes, or a known review decision). "
-            "Single bad records are quarantined by "
-            f"cleaning; more than {BATCH_TOLERANCE} of a batch wrong means a broken delivery, so the batch is "
+            "Single bad records are quarantined by cleaning; more than "
+            f"{TOLERANCE_TEXT} wrong means a broken delivery, so the batch is "
             "kept out of everything downstream. A check that cannot complete records a failure."
         ),
     )
@@ -259,10 +292,15 @@ def build_ingestion(source: str) -> list:
         except Exception as exc:  # fail closed: a check that could not decide is a failure, recorded as one
             context.log.exception(f"{source}/{batch_id}: batch_quality did not complete")
             passed, detail = False, f"check did not complete: {type(exc).__name__}: {exc}"
-            metadata = {"error": MetadataValue.text(detail[:2000])}
+            metadata = {"summary": detail[:300], "error": MetadataValue.text(detail[:2000])}
         with warehouse.get_connection() as conn:
             record_gate(conn, source, batch_id, "batch_quality", passed, detail)
-        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
+        return AssetCheckResult(
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR,
+            description=str(metadata.get("summary", detail))[:300],
+            metadata=metadata,
+        )
 
     @asset_check(
         asset=key,

@@ -1,8 +1,11 @@
 """Registry stage: the champion alias, moved only to a challenger that passed the promotion gate."""
 
+import posixpath
+
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from dc_pipeline.catalog import CHAMPION, MODEL_EVALUATION, REGISTRY, warehouse_pool
+from dc_pipeline.defs.metadata import markdown_table, number, percent, plain
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 
@@ -32,12 +35,27 @@ def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehous
         moved = registry.set_alias("champion", challenger, verdict[1], context.run_id)
         record = registry.get("champion")
         history = conn.execute("SELECT * FROM registry.alias_history ORDER BY moved_at DESC LIMIT 10").df()
+    metrics = record["metrics"] or {}
+    figures = ", ".join(
+        f"{label} {fmt(metrics[key])}"
+        for key, label, fmt in (
+            ("clean_error", "clean error", percent),
+            ("mce", "mCE", number),
+            ("rms_calibration_corrupted", "RMS calibration (corrupted)", number),
+        )
+        if metrics.get(key) is not None
+    )
+    weights = record["weights_path"]
     return MaterializeResult(
         metadata={
+            "summary": f"champion {record['version_id']} ({record['kind']}, "
+            f"{'newly promoted' if moved else 'unchanged'})" + (f": {figures}" if figures else ""),
             "champion": record["version_id"],
             "moved": moved,
             "reason": verdict[1],
-            "metrics": MetadataValue.json(record["metrics"]),
-            "alias_history": MetadataValue.md(history.to_markdown(index=False)),
+            "weights": MetadataValue.path(weights),
+            "model_card": MetadataValue.path(posixpath.join(posixpath.dirname(weights), "model.json")),
+            "metrics": MetadataValue.json(plain(metrics)),
+            "alias_history": MetadataValue.md(markdown_table(history)),
         }
     )

@@ -3,6 +3,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from dc_pipeline.catalog import CHAMPION, IMAGES, SCORING, T, accelerator_tags, batches_of, scores_key, warehouse_pool
+from dc_pipeline.defs.metadata import markdown_table, percent
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
 PREDICTIONS = T.PREDICTIONS
@@ -39,26 +40,48 @@ def build_scoring(source: str) -> list:
             champion = load_alias_model(conn, lake.artifacts)
             if champion is None:
                 context.log.warning("no champion yet: nothing scores this batch")
-                return MaterializeResult(metadata={"scored": 0, "reason": "no champion model yet"})
+                return MaterializeResult(
+                    metadata={
+                        "summary": "nothing scored: no champion model yet",
+                        "scored": 0,
+                        "reason": "no champion model yet",
+                    }
+                )
             rows = accepted_batch(conn, source, batch_id)
         x = canonical_batch(rows, lake, champion.input_size)
         if rows.empty:
-            return MaterializeResult(metadata={"scored": 0, "reason": "no accepted images in this batch"})
+            return MaterializeResult(
+                metadata={
+                    "summary": "nothing scored: no accepted images in this batch",
+                    "scored": 0,
+                    "reason": "no accepted images in this batch",
+                }
+            )
         threshold = float(champion.record["metrics"]["automation_threshold"])
         scores = score(rows, champion.predict_canonical(x), champion.classes, champion.version_id, threshold)
         summary = batch_summary(scores)
         with warehouse.get_connection() as conn:
             replace_rows(conn, PREDICTIONS, scores, {"source": source, "batch_id": batch_id})
             replace_rows(conn, BATCH_SUMMARY, pd.DataFrame([summary]), {"source": source, "batch_id": batch_id})
+        error = summary["error"]
         return MaterializeResult(
             metadata={
+                "summary": f"{len(scores)} images scored: automation rate {percent(summary['automation_rate'])}, "
+                f"{int(summary['review_queue'])} to human review, "
+                + (
+                    f"error {percent(error)} on {int(summary['labelled'])} labelled"
+                    if error is not None
+                    else "no labels to measure the error"
+                ),
                 "scored": int(len(scores)),
                 "model_version": champion.version_id,
                 "threshold": threshold,
                 "automation_rate": summary["automation_rate"],
                 "review_queue": summary["review_queue"],
-                "error_on_labelled": summary["error"] if summary["error"] is not None else "no labels",
-                "preview": MetadataValue.md(scores.drop(columns=["probabilities"]).head(8).to_markdown(index=False)),
+                "error_on_labelled": error if error is not None else "no labels",
+                "preview": MetadataValue.md(
+                    markdown_table(scores.drop(columns=["probabilities"], errors="ignore").head(8).round(4))
+                ),
             }
         )
 

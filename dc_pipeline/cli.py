@@ -78,7 +78,7 @@ def cmd_simulate_review(args, s: Settings) -> int:
     if args.unless_reviewed and reviews.is_dir() and any(reviews.iterdir()):
         print(f"{reviews} already has a batch; leaving the review queue as it is")
         return 0
-    path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth, s.warehouse_location)
+    path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth_path, s.warehouse_location)
     print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
     return 0
 

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         default=PACKAGED_CONTRACTS, description="Folder of source contracts (DC_CONTRACTS_DIR)."
     )
     label_ground_truth: Path | None = Field(
-        default=None, description="Known label errors, for reporting detection only (DC_LABEL_GROUND_TRUTH)."
+        default=None,
+        description="Known label errors, for reporting detection only (DC_LABEL_GROUND_TRUTH); default "
+        "<data_dir>/demo/label_flips.csv when the demo wrote it.",
     )
     alert_webhook: str | None = Field(
         default=None, description="URL that failed runs are POSTed to (DC_ALERT_WEBHOOK)."
@@ -86,6 +88,12 @@ class Settings(BaseSettings):
     def warehouse_location(self) -> str:
         """What the warehouse resource opens: the PostgreSQL URL, else the DuckDB file."""
         return self.warehouse_url or str(self.warehouse_path)
+
+    @property
+    def label_ground_truth_path(self) -> Path | None:
+        """The known label errors: the setting, else the demo's list in the data folder when it is there."""
+        demo = self.data_dir / "demo" / "label_flips.csv"
+        return self.label_ground_truth or (demo if demo.is_file() else None)
 
     @property
     def shared_warehouse(self) -> bool:

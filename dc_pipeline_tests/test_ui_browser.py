@@ -13,6 +13,7 @@ from dc_pipeline.catalog import CODE_LOCATION, GROUPS, RETRAIN_JOB, drift_key
 from dc_pipeline.cli import main
 from dc_pipeline.defs import build_definitions
 from dc_pipeline.defs.resources import resources_for
+from dc_pipeline.demo.batches import write_demo_batch
 from dc_pipeline.ops.materialize import materialize_all
 from dc_pipeline.ops.review import simulate_review
 from dc_pipeline.ops.webui import CHROMIUM, chromium, graphql, served_ui
@@ -120,11 +121,24 @@ def test_make_run_leaves_no_asset_unmaterialized_and_its_runs_belong_to_the_code
     runs = made.instance.get_runs()
     assert runs and {r.remote_job_origin.location_name for r in runs if r.remote_job_origin} == {CODE_LOCATION}
     assert all(r.remote_job_origin for r in runs)
-    ingest_runs = len(runs)
-    assert made.materialize()  # again: nothing new landed, so nothing is ingested or retrained
-    assert {r.job_name for r in made.instance.get_runs()[: len(made.instance.get_runs()) - ingest_runs]} == {
-        "monitoring_sweep"
-    }
+
+    def runs_of(step) -> list[tuple[str, str | None]]:
+        before = {r.run_id for r in made.instance.get_runs()}
+        assert step()
+        return sorted(
+            (r.job_name, r.tags.get("dagster/partition")) for r in made.instance.get_runs() if r.run_id not in before
+        )
+
+    # Again with nothing new: nothing is ingested, retrained or scored.
+    assert runs_of(made.materialize) == [("monitoring_sweep", None)]
+    # A new image batch: it alone is ingested and, after the refresh, scored again by the new champion.
+    write_demo_batch(made.data / "landing", "field_app", 40, "none", seed=3, batch_id="batch-new")
+    assert runs_of(made.materialize) == [
+        ("ingest_field_app", "batch-new"),
+        ("ingest_field_app", "batch-new"),
+        ("monitoring_sweep", None),
+        ("refresh_downstream", None),
+    ]
 
 
 def test_asset_graph_shows_every_group(browse):

@@ -62,6 +62,12 @@ def open_markdown(page, key: str) -> None:
     row = page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first
     row.get_by_text("[Show Markdown]").click()
     page.get_by_role("dialog").locator("img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+
+
+def close_dialog(page) -> None:
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog").first.wait_for(state="hidden", timeout=10_000)
 
 
 def shoot(env: dict, out: Path, log_file: Path) -> None:
@@ -78,7 +84,12 @@ def shoot(env: dict, out: Path, log_file: Path) -> None:
             page.wait_for_timeout(1500)
 
         visit("/asset-groups")
+        page.get_by_text("Hide navigation").first.click()
+        page.locator("input[placeholder^='Jump to']").locator("xpath=following::button[1]").click()  # group list
+        visit("/asset-groups")  # laid out again, to fit the wider view
         page.screenshot(path=out / "asset-graph.png")
+        visit("/assets/features/dataset_version?view=lineage&lineageScope=neighbors")
+        page.screenshot(path=out / "asset-lineage.png")
         visit("/overview/activity/timeline")
         page.screenshot(path=out / "runs-overview.png")
         visit("/assets/" + drift_key(ROTATED_SOURCE).to_user_string() + "?partition=rotated-0001")
@@ -88,7 +99,7 @@ def shoot(env: dict, out: Path, log_file: Path) -> None:
         visit("/assets/" + MODEL_EVALUATION.to_user_string())
         open_markdown(page, "plot: error by corruption")
         page.get_by_role("dialog").screenshot(path=out / "evaluation-error-by-corruption.png")
-        page.keyboard.press("Escape")
+        close_dialog(page)
         open_markdown(page, "plot: reliability")
         page.get_by_role("dialog").screenshot(path=out / "evaluation-reliability.png")
         visit(f"/locations/{CODE_LOCATION}/jobs/retrain/playground")

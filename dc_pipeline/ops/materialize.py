@@ -74,8 +74,9 @@ def materialize_all(
 ) -> bool:
     """Register every complete landing batch as a partition and ingest the ones not ingested yet; when an image
     batch was new (or there is no champion yet) refresh downstream (with ``refresh_config``, the launchpad's
-    defaults if None) and score every image batch and report its drift with the new champion; then the
-    monitoring overview. The landing scan is the sensor's. Run again, it does only what new batches need.
+    defaults if None) and score the new batches (every batch, the first time) with the new champion and report
+    their drift; then the monitoring overview. The landing scan is the sensor's. Run again, it does only what
+    new batches need: the cost follows the new batches, not the history.
 
     Returns True when every run succeeded. A batch that fails its blocking checks fails its own run and
     stays out of clean data; the others go on.
@@ -94,28 +95,29 @@ def materialize_all(
         ok &= result.success
         log(f"{what}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
 
-    new_images = False
+    had_champion = instance.get_latest_materialization_event(CHAMPION) is not None
+    ingested_now = []
     for source in sorted(kinds):
         batches = [b.batch_id for b in landed if b.source == source]
         known = set(instance.get_dynamic_partitions(batches_of(source).name))
         if new := [b for b in batches if b not in known]:
             instance.add_dynamic_partitions(batches_of(source).name, new)
         ingested = instance.get_materialized_partitions(raw_key(source))
-        for batch in batches:
-            if batch in ingested:
-                continue
-            run(ingest_job_name(source), f"ingest {source}/{batch}", partition_key=batch)
-            new_images |= kinds[source] == "images"
-    if new_images or instance.get_latest_materialization_event(CHAMPION) is None:
+        for b in [b for b in landed if b.source == source and b.batch_id not in ingested]:
+            run(ingest_job_name(source), f"ingest {b.key}", partition_key=b.batch_id)
+            ingested_now.append(b)
+    images_now = [b for b in ingested_now if kinds[b.source] == "images"]
+    if images_now or not had_champion:
         run(REFRESH_JOB, REFRESH_JOB, run_config=refresh_config)
-        for b in landed:
-            if kinds.get(b.source) == "images":  # score each batch with the (new) champion
-                run(
-                    ingest_job_name(b.source),
-                    f"score and drift {b.key}",
-                    partition_key=b.batch_id,
-                    asset_selection=[scores_key(b.source), drift_key(b.source)],
-                )
+        # Score with the (new) champion: every batch when there was none before, else the batches just ingested
+        # (scored in their ingest run by the previous champion); earlier batches keep the scores they were served.
+        for b in images_now if had_champion else [b for b in landed if kinds.get(b.source) == "images"]:
+            run(
+                ingest_job_name(b.source),
+                f"score and drift {b.key}",
+                partition_key=b.batch_id,
+                asset_selection=[scores_key(b.source), drift_key(b.source)],
+            )
     else:
         log("no new image batch: clean data, models and scores are current")
     run(SWEEP_JOB, "monitoring overview", asset_selection=[OVERVIEW])

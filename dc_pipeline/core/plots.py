@@ -1,4 +1,4 @@
-"""Small PNG previews for materialization metadata: image grids, plots (drift histograms) and markdown images."""
+"""Previews for materialization metadata: image grids with titles, plots (drift histograms) and markdown images."""
 
 from __future__ import annotations
 
@@ -7,23 +7,6 @@ import io
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
-
-def grid_png(rows: list[list[np.ndarray]], scale: int = 3, pad: int = 2) -> bytes:
-    """A grid of grayscale images in [0, 1] (each row a list of ``[H, W]`` arrays) as PNG bytes."""
-    h, w = rows[0][0].shape
-    n_cols = max(len(r) for r in rows)
-    canvas = np.ones((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad), np.float32)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y : y + h, x : x + w] = np.clip(img, 0, 1)
-    pil = Image.fromarray(np.rint(canvas * 255).astype(np.uint8))
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def figure_png(fig) -> bytes:

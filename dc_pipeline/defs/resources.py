@@ -200,7 +200,9 @@ def build_resources(settings: Settings | None = None) -> dict:
             s3_endpoint_url=s.s3_endpoint_url,
         ),
         "warehouse": Warehouse(database=s.warehouse_location, data_dir=data),
-        "label_audit": LabelAudit(ground_truth_path=str(s.label_ground_truth_path) if s.label_ground_truth_path else None),
+        "label_audit": LabelAudit(
+            ground_truth_path=str(s.label_ground_truth_path) if s.label_ground_truth_path else None
+        ),
         "retrain_policy": RetrainPolicy(),
         "retention": RetentionPolicy(),
         "alerts": Alerts(database=str(s.alerts_path), webhook_url=s.alert_webhook),

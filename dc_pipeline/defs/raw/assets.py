@@ -242,7 +242,8 @@ def build_ingestion(source: str) -> list:
             metadata={
                 "summary": raw_summary(batch, contract.kind),
                 **table_metadata(batch.rows),
-                "landing_batch": MetadataValue.path(lake.relative(lake.batch_dir(source, batch_id))),
+                # Named, not resolved: a batch folder may be a link the scan refused (it is never followed).
+                "landing_batch": MetadataValue.path(f"{lake.relative(lake.landing)}/{source}/{batch_id}"),
                 "manifest_sha256": batch.fingerprint,
                 "schema_status": batch.verdict.status,
                 "schema_hash": history["schema_hash"] or "",

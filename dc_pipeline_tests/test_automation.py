@@ -226,8 +226,8 @@ def test_failed_runs_are_recorded_and_posted_partitioned_after_unpartitioned(pip
     assert not partitioned.success
     alert_on(pipeline, partitioned, alerts)
     with duckdb.connect(str(pipeline.data / "alerts.duckdb"), read_only=True) as conn:
-        stored = conn.execute("SELECT run_id, partition FROM main.run_failures ORDER BY failed_at").fetchall()
-    assert stored == [(unpartitioned.run_id, None), (partitioned.run_id, "batch-0001")]
+        stored = conn.execute("SELECT run_id, partition, kind FROM main.run_failures ORDER BY failed_at").fetchall()
+    assert stored == [(unpartitioned.run_id, None, "run_failure"), (partitioned.run_id, "batch-0001", "run_failure")]
     assert [r["run_id"] for r in webhook.received] == [unpartitioned.run_id, partitioned.run_id]
     assert webhook.received[1]["partition"] == "batch-0001"
 

@@ -139,9 +139,9 @@ def test_the_alerts_table_of_release_0_1_is_retyped(tmp_path):
                 ]
             ),
         )
-        assert conn.execute("SELECT run_id, partition FROM main.run_failures ORDER BY failed_at").fetchall() == [
-            ("r1", None),
-            ("r2", "batch-1"),
+        assert conn.execute("SELECT run_id, partition, kind FROM main.run_failures ORDER BY failed_at").fetchall() == [
+            ("r1", None, "run_failure"),  # every alert of earlier releases was a failed run
+            ("r2", "batch-1", None),
         ]
 
 

@@ -3,9 +3,10 @@
 import hashlib
 import io
 
+import duckdb
 import numpy as np
 import pytest
-from dagster import AssetKey
+from dagster import AssetCheckSeverity, AssetKey
 from PIL import Image
 
 from dc_pipeline.api import load_model, load_split
@@ -102,9 +103,14 @@ def test_gate_refuses_a_challenger_that_does_not_beat_the_champion(pipeline):
     champion = pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item()
     strict = tiny_run_config(seed=1, gate={"mce_relative_margin": 0.99})  # must beat the champion's mCE by 99%
     result = pipeline.refresh(run_config=strict)
-    assert not result.success
+    assert result.success, "a refused challenger is an outcome, not a failed run"
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate")
-    assert not gate.passed and "refused" in gate.metadata["verdict"].value
+    assert not gate.passed and gate.severity == AssetCheckSeverity.WARN and "refused" in gate.metadata["verdict"].value
+    kept = result.asset_materializations_for_node("registry__champion")[0].metadata
+    assert not kept["moved"].value and "refused" in kept["summary"].value
+    with duckdb.connect(str(pipeline.data / "alerts.duckdb"), read_only=True) as conn:
+        alerts = conn.execute("SELECT kind, run_id, message FROM main.run_failures").fetchall()
+    assert [(k, r) for k, r, _ in alerts] == [("challenger_refused", result.run_id)] and "stays" in alerts[0][2]
     assert (
         pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item() == champion
     )

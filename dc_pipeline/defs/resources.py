@@ -11,6 +11,7 @@ from typing import Optional
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr, field_validator
 
+from dc_pipeline.catalog import T
 from dc_pipeline.settings import PACKAGED_CONTRACTS, Settings, get_settings
 
 
@@ -177,8 +178,13 @@ class RetentionPolicy(ConfigurableResource):
     report_days: float = Field(default=90.0, ge=0, description="Delete rendered drift reports older than this.")
 
 
+RUN_FAILURE = "run_failure"
+CHALLENGER_REFUSED = "challenger_refused"
+
+
 class Alerts(ConfigurableResource):
-    """Where failed runs are reported: a table in its own DuckDB file, the log, and an optional webhook."""
+    """Where failed runs and refused challengers are reported: a table in its own DuckDB file, the log, and an
+    optional webhook."""
 
     database: str = Field(
         description="DuckDB file of the alerts table (never the warehouse, so an alert "
@@ -186,6 +192,51 @@ class Alerts(ConfigurableResource):
     )
     webhook_url: Optional[str] = Field(default=None, description="URL each alert is POSTed to as JSON.")
     timeout_seconds: float = Field(default=5.0, description="Webhook timeout.")
+
+    def raise_alert(self, kind: str, run_id: str, job_name: str, partition: str | None, message: str, log) -> None:
+        """Record an alert of ``kind`` and post it to the webhook; a failing table or webhook is logged as a
+        warning, never raised (the alert still reaches the log and whichever of the two works)."""
+        row = {
+            "failed_at": datetime.now(UTC).replace(tzinfo=None),
+            "run_id": run_id,
+            "job_name": job_name,
+            "partition": partition,
+            "message": message[:2000],
+            "kind": kind,
+        }
+        try:
+            self.record(row)
+        except Exception as exc:  # noqa: BLE001 (the alert still goes to the log and the webhook)
+            log.warning(f"could not store the alert in {self.database}: {exc}")
+        if self.webhook_url:
+            try:
+                post_webhook(self.webhook_url, {**row, "failed_at": row["failed_at"].isoformat()}, self.timeout_seconds)
+            except Exception as exc:  # noqa: BLE001 (an unreachable webhook must not hide the alert)
+                log.warning(f"could not post the alert to the webhook: {exc}")
+
+    def record(self, row: dict) -> None:
+        """Append to the alerts table (its own DuckDB file, so an alert never waits for the warehouse lock)."""
+        import pandas as pd
+
+        from dc_pipeline.warehouse.connect import connect
+        from dc_pipeline.warehouse.io import append_rows
+        from dc_pipeline.warehouse.migrations import ALERTS
+
+        with connect(self.database, None, migrations=ALERTS) as conn:
+            append_rows(conn, T.RUN_FAILURES, pd.DataFrame([row]))
+
+
+def post_webhook(url: str, payload: dict, timeout: float = 5.0) -> None:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"the alert webhook must be an http(s) URL, not {url!r}")
+    body, headers = json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310 (checked above)
+    with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 (scheme checked above)
+        pass
 
 
 def build_resources(settings: Settings | None = None) -> dict:

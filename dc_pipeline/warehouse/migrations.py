@@ -167,9 +167,19 @@ WAREHOUSE = Migrations(
         ),
     ),
 )
+
+
+def _alert_kinds(conn, data_dir) -> None:
+    """Rows of earlier releases were all failed runs (the column itself is added as declared)."""
+    conn.execute(f"UPDATE {T.RUN_FAILURES} SET kind = 'run_failure' WHERE kind IS NULL")
+
+
 ALERTS = Migrations(
     ALERT_TABLES,
-    (Migration(1, "declared alerts table (a partition column typed NULL by release 0.1 becomes VARCHAR)"),),
+    (
+        Migration(1, "declared alerts table (a partition column typed NULL by release 0.1 becomes VARCHAR)"),
+        Migration(2, "alerts have a kind: run_failure (every earlier row) or challenger_refused", _alert_kinds),
+    ),
 )
 
 

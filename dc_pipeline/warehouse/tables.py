@@ -486,9 +486,11 @@ TABLES: tuple[Table, ...] = (
 ALERT_TABLES: tuple[Table, ...] = (
     Table(
         T.RUN_FAILURES,
-        "dc_pipeline.defs.automation.sensors",
-        _cols("failed_at TIMESTAMP, run_id VARCHAR, job_name VARCHAR, partition VARCHAR, message VARCHAR"),
-        "Every failed run (in the alerts file).",
+        "dc_pipeline.defs.resources",
+        _cols("failed_at TIMESTAMP, run_id VARCHAR, job_name VARCHAR, partition VARCHAR, message VARCHAR")
+        + _cols("kind VARCHAR", since=2),
+        "Every alert (in the alerts file): a failed run (kind run_failure) or a challenger the promotion gate "
+        "refused (kind challenger_refused); failed_at is when it was raised.",
     ),
 )
 

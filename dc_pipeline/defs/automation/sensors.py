@@ -1,7 +1,7 @@
 """Sensors: new landing batches, retraining on drift or new data, failed runs."""
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -28,7 +28,7 @@ from dc_pipeline.catalog import (
     raw_key,
 )
 from dc_pipeline.core.data.landing import batch_run_key, scan_landing
-from dc_pipeline.defs.resources import Alerts, DataLake, RetrainPolicy, Warehouse
+from dc_pipeline.defs.resources import RUN_FAILURE, Alerts, DataLake, RetrainPolicy, Warehouse
 
 ACTIVE = [
     DagsterRunStatus.QUEUED,
@@ -294,30 +294,6 @@ def _retraining_tick(context, warehouse: Warehouse, datasets, policy, now):
     )
 
 
-def post_webhook(url: str, payload: dict, timeout: float = 5.0) -> None:
-    import urllib.parse
-    import urllib.request
-
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"the alert webhook must be an http(s) URL, not {url!r}")
-    body, headers = json.dumps(payload).encode(), {"Content-Type": "application/json"}
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310 (checked above)
-    with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 (scheme checked above)
-        pass
-
-
-def record_alert(alerts_db: str, row: dict) -> None:
-    """Append to the alerts table (its own DuckDB file, so an alert never waits for the warehouse lock)."""
-    import pandas as pd
-
-    from dc_pipeline.warehouse.connect import connect
-    from dc_pipeline.warehouse.io import append_rows
-    from dc_pipeline.warehouse.migrations import ALERTS
-
-    with connect(alerts_db, None, migrations=ALERTS) as conn:
-        append_rows(conn, T.RUN_FAILURES, pd.DataFrame([row]))
-
-
 @run_failure_sensor(
     name=FAILURE_ALERTS,
     default_status=DefaultSensorStatus.RUNNING,
@@ -330,20 +306,6 @@ def record_alert(alerts_db: str, row: dict) -> None:
 )
 def run_failure_alerts(context: RunFailureSensorContext, alerts: Alerts):
     run = context.dagster_run
-    row = {
-        "failed_at": datetime.now(UTC).replace(tzinfo=None),
-        "run_id": run.run_id,
-        "job_name": run.job_name,
-        "partition": run.tags.get("dagster/partition"),
-        "message": (context.failure_event.message or "")[:2000],
-    }
-    context.log.error(f"run {run.run_id} of {run.job_name} failed: {row['message'][:300]}")
-    try:
-        record_alert(alerts.database, row)
-    except Exception as exc:  # the alert still goes to the log (above) and the webhook (below)
-        context.log.error(f"could not store the alert in {alerts.database}: {exc}")
-    if alerts.webhook_url:
-        try:
-            post_webhook(alerts.webhook_url, {**row, "failed_at": row["failed_at"].isoformat()}, alerts.timeout_seconds)
-        except Exception as exc:  # an unreachable webhook must not hide the alert
-            context.log.warning(f"could not post the alert to the webhook: {exc}")
+    message = context.failure_event.message or ""
+    context.log.error(f"run {run.run_id} of {run.job_name} failed: {message[:300]}")
+    alerts.raise_alert(RUN_FAILURE, run.run_id, run.job_name, run.tags.get("dagster/partition"), message, context.log)

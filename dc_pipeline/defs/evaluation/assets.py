@@ -26,7 +26,7 @@ from dc_pipeline.catalog import (
     warehouse_pool,
 )
 from dc_pipeline.defs.metadata import markdown_table, number, percent, tidy_markdown
-from dc_pipeline.defs.resources import DataLake, Warehouse
+from dc_pipeline.defs.resources import CHALLENGER_REFUSED, Alerts, DataLake, Warehouse
 from dc_pipeline.warehouse.queries import current_dataset_version as current_version
 
 CURRENT_MODELS = T.CURRENT_MODELS
@@ -289,10 +289,15 @@ class PromotionPolicy(Config):
         "its clean error is at most 0.5 points worse, and its RMS calibration error on corrupted data is "
         "at most one point worse, all measured on the same, current test data (the champion is re-evaluated on it). "
         "The first model ever is promoted if it is within absolute bounds (clean error <= 10%, "
-        "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions."
+        "mCE <= 40%, RMS calibration error <= 0.25). Inputs and verdict go to registry.gate_decisions. "
+        "A refused challenger is an outcome, not a failure: the check warns, the champion stays, the run "
+        "succeeds and an alert of kind challenger_refused goes to the alerts table and webhook. A refused "
+        "first model fails the run (there is nothing to serve)."
     ),
 )
-def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: Warehouse) -> AssetCheckResult:
+def promotion_gate(
+    context, config: PromotionPolicy, lake: DataLake, warehouse: Warehouse, alerts: Alerts
+) -> AssetCheckResult:
     from dc_pipeline.core.ml.registry import GatePolicy, Registry, promotion_decision
 
     with warehouse.get_connection() as conn:
@@ -320,9 +325,22 @@ def promotion_gate(context, config: PromotionPolicy, lake: DataLake, warehouse: 
             GatePolicy(**config.model_dump()),
         )
         registry.record_gate(decision, context.run.run_id)
+    # A challenger refused next to a champion is an outcome: a warning, the champion stays, the run goes on
+    # (and the alert says so). A first model refused leaves nothing to serve: an error that fails the run.
+    outcome = not decision.passed and decision.champion is not None
+    if outcome:
+        context.log.warning(f"challenger {decision.challenger} refused, champion {decision.champion} stays")
+        alerts.raise_alert(
+            CHALLENGER_REFUSED,
+            context.run.run_id,
+            context.run.job_name,
+            None,
+            f"challenger {decision.challenger} refused; champion {decision.champion} stays: {decision.verdict}",
+            context.log,
+        )
     return AssetCheckResult(
         passed=decision.passed,
-        severity=AssetCheckSeverity.ERROR,
+        severity=AssetCheckSeverity.WARN if outcome else AssetCheckSeverity.ERROR,
         metadata={
             "challenger": decision.challenger,
             "champion": decision.champion or "none yet",

@@ -16,8 +16,8 @@ from dc_pipeline.defs.resources import DataLake, Warehouse
     kinds={"duckdb"},
     pool=warehouse_pool(),
     description=(
-        "The champion alias: moved to the challenger when the promotion gate passed (this asset only runs "
-        "then); every move is recorded in registry.alias_history with the gate's verdict."
+        "The champion alias: moved to the challenger when the promotion gate passed, kept when the gate "
+        "refused it (the reason is shown); every move is recorded in registry.alias_history with the gate's verdict."
     ),
 )
 def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse) -> MaterializeResult:
@@ -30,9 +30,15 @@ def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehous
             "SELECT passed, verdict FROM registry.gate_decisions WHERE challenger = ? ORDER BY decided_at DESC LIMIT 1",
             [challenger],
         ).fetchone()
-        if verdict is None or not verdict[0]:
-            raise ValueError(f"challenger {challenger} has no passing gate decision; the champion stays")
-        moved = registry.set_alias("champion", challenger, verdict[1], context.run_id)
+        if verdict is None:
+            raise ValueError(f"challenger {challenger} has no gate decision; the champion stays")
+        if verdict[0]:
+            moved = registry.set_alias("champion", challenger, verdict[1], context.run_id)
+        elif registry.alias("champion") is None:
+            raise ValueError(f"the first model {challenger} was refused: {verdict[1]}")
+        else:
+            moved = False
+            context.log.info(f"champion unchanged: {verdict[1]}")
         record = registry.get("champion")
         history = conn.execute("SELECT * FROM registry.alias_history ORDER BY moved_at DESC LIMIT 10").df()
     metrics = record["metrics"] or {}
@@ -46,10 +52,11 @@ def champion(context: AssetExecutionContext, lake: DataLake, warehouse: Warehous
         if metrics.get(key) is not None
     )
     weights = record["weights_path"]
+    state = "newly promoted" if moved else "unchanged" if verdict[0] else f"unchanged: challenger {challenger} refused"
     return MaterializeResult(
         metadata={
-            "summary": f"champion {record['version_id']} ({record['kind']}, "
-            f"{'newly promoted' if moved else 'unchanged'})" + (f": {figures}" if figures else ""),
+            "summary": f"champion {record['version_id']} ({record['kind']}, {state})"
+            + (f": {figures}" if figures else ""),
             "champion": record["version_id"],
             "moved": moved,
             "reason": verdict[1],

@@ -16,7 +16,7 @@ from dc_pipeline.defs.resources import resources_for
 from dc_pipeline.demo.batches import write_demo_batch
 from dc_pipeline.ops.materialize import materialize_all
 from dc_pipeline.ops.review import simulate_review
-from dc_pipeline.ops.webui import CHROMIUM, chromium, graphql, served_ui
+from dc_pipeline.ops.webui import CHROMIUM, chromium, graphql, served_ui, visit
 
 from .conftest import tiny_run_config
 
@@ -92,11 +92,7 @@ class Watched:
             self.problems.append(f"GraphQL error: {text[:500]}")
 
     def open(self, path: str) -> None:
-        self.page.goto(self.url + path)
-        self.page.wait_for_load_state("networkidle")
-        skip = self.page.get_by_role("button", name="Skip")  # the first-visit community dialog
-        if skip.count():
-            skip.first.click()
+        visit(self.page, self.url + path)
 
     def check(self) -> None:
         toasts = self.page.locator("[class*='toast' i]").filter(has_text="rror").all_inner_texts()

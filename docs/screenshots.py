@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from dc_pipeline.catalog import CODE_LOCATION, MODEL_EVALUATION, drift_key
+from dc_pipeline.ops import webui
 from dc_pipeline.ops.webui import chromium, served_ui
 
 HERE = Path(__file__).resolve().parent
@@ -76,11 +77,7 @@ def shoot(env: dict, out: Path, log_file: Path) -> None:
     with served_ui(home, {"DC_DATA_DIR": env["DC_DATA_DIR"]}, log_file) as url, chromium((1400, 860)) as page:
 
         def visit(path: str) -> None:
-            page.goto(url + path)
-            page.wait_for_load_state("networkidle")
-            skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
-            if skip.count():
-                skip.first.click()
+            webui.visit(page, url + path)
             page.wait_for_timeout(1500)
 
         visit("/asset-groups")

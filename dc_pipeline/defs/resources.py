@@ -263,7 +263,6 @@ def build_resources(settings: Settings | None = None) -> dict:
 def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None, **overrides) -> dict:
     """Resources rooted at an explicit folder (tests, scripts); the demo's ground truth when it is there."""
     data_dir = Path(data_dir).resolve()
-    truth = data_dir / "demo" / "label_flips.csv"
     settings = get_settings().model_copy(
         update={
             "data_dir": data_dir,
@@ -271,7 +270,7 @@ def resources_for(data_dir: str | Path, contracts_dir: str | Path | None = None,
             "warehouse_url": None,
             "object_store_url": None,
             "contracts_dir": Path(contracts_dir or PACKAGED_CONTRACTS),
-            "label_ground_truth": truth if truth.exists() else None,
+            "label_ground_truth": None,  # label_ground_truth_path: the demo's list in data_dir when it is there
             "alert_webhook": None,
         }
     )

@@ -87,6 +87,15 @@ def served_ui(home: Path, env: Mapping[str, str], log_file: Path, port: int | No
         stop_groups([proc.pid])
 
 
+def visit(page, url: str) -> None:
+    """Open ``url`` and wait until the page is quiet, dismissing Dagster's first-visit community dialog."""
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+
+
 @contextmanager
 def chromium(viewport: tuple[int, int] = (1440, 900)):
     """A new page in headless Debian Chromium (Playwright's sync API); closed afterwards."""

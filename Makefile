@@ -28,13 +28,20 @@ CLUSTER_ARGS = --dir $(CLUSTER_DIR) --data-dir $(CLUSTER_DATA) --pg-port $(PG_PO
 	@touch $@
 
 # The multi-machine mode's environment: the same project from requirements-cluster.lock, which differs from
-# requirements.lock in DuckDB (1.5.5: its postgres extension is published on PyPI up to that release) and
-# adds the cluster libraries. A separate environment, so the embedded mode keeps DuckDB 2.0 and the warehouse
-# files it wrote (DuckDB 1.5 cannot open them).
-.venv-cluster/.installed: pyproject.toml requirements-cluster.lock
+# requirements.lock only in DuckDB (1.5.5: its postgres extension is published on PyPI up to that release). A
+# separate environment, so the embedded mode keeps DuckDB 2.0 and the warehouse files it wrote (DuckDB 1.5
+# cannot open them). It is an overlay on .venv: a .pth file puts .venv's packages behind its own, so pip
+# installs here only what differs (DuckDB and the project itself, about 120 MB) instead of a second copy of
+# torch and its CUDA libraries (about 7 GB). The packages whose commands the cluster starts are installed here
+# again (without their dependencies) so that those commands run this environment's Python.
+CLUSTER_COMMANDS := dagster dagster-webserver dagster-celery celery moto pytest
+.venv-cluster/.installed: .venv/.installed pyproject.toml requirements-cluster.lock
 	@test -x $(CLUSTER_PY) || python3.11 -m venv .venv-cluster
+	echo ../../../../.venv/lib/python3.11/site-packages > .venv-cluster/lib/python3.11/site-packages/zz_dc_pipeline_base.pth
 	$(CLUSTER_PY) -m pip install --quiet --upgrade pip
 	$(CLUSTER_PY) -m pip install --quiet -c requirements-cluster.lock -e '.[test,cluster]'
+	$(CLUSTER_PY) -m pip install --quiet --no-deps --ignore-installed -c requirements-cluster.lock $(CLUSTER_COMMANDS)
+	$(CLUSTER_PY) -c 'import duckdb; assert duckdb.__version__ == "1.5.5", duckdb.__version__'
 	@touch $@
 
 cluster-install: .venv-cluster/.installed

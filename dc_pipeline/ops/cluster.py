@@ -270,6 +270,12 @@ execution:
         """The warehouse's tables, before any worker opens it (migrations are not for two processes at once)."""
         _run([self._bin("dc-pipeline"), "migrate"], env=self.process_env(), cwd=self.folder)
 
+    def migrate_instance(self) -> None:
+        """The Dagster instance's tables in PostgreSQL, before the workers, the daemon and the webserver start:
+        each creates missing tables when it first opens the instance, and several at once race on PostgreSQL's
+        catalogue (``duplicate key value violates unique constraint "pg_type_typname_nsp_index"``)."""
+        _run([self._bin("dagster"), "instance", "migrate"], env=self.process_env(), cwd=self.folder)
+
     def up(self) -> None:
         """Start every part; on a failure, stop what was started and raise."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -280,6 +286,7 @@ execution:
             self.start_redis()
             self.start_object_store()
             self.migrate_warehouse()
+            self.migrate_instance()
             self.start_workers()
             self.start_dagster()
         except BaseException:

@@ -1,9 +1,12 @@
-"""Baseline vs AugMix on the demo data: the issue's targets, measured over several seeds.
+"""Baseline vs AugMix on the demo data: the targets, measured over several seeds, with intervals.
 
 Builds the demo dataset version with the real pipeline (ingestion, cleaning, features) in a
 temporary folder, or reads the current version of ``--data-dir``; then trains both models with the
 pipeline's default training config for each seed, evaluates them on the clean and corrupted test
-split exactly as the `model_evaluation` asset does, and prints a markdown table.
+split exactly as the `model_evaluation` asset does, and prints markdown tables: per seed, each figure
+and each AugMix/baseline ratio with its paired bootstrap interval over test images; then the ratios of
+the seed means, with an interval from the same resamples applied to every seed's models, the spread
+over seeds, and a verdict per target that says "met" only when the whole interval is on the right side.
 
     .venv/bin/python benchmarks/robustness_targets.py --seeds 0 1 2 [--out benchmarks/results/robustness_targets.md]
 """
@@ -100,13 +103,14 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, help="a materialized data folder (default: build the demo)")
     parser.add_argument("--epochs", type=int, help="override the default training config's epochs")
     parser.add_argument("--width", type=int, help="override the default training config's width")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the test images")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "robustness_targets.md")
     args = parser.parse_args()
 
     import numpy as np
 
     from dc_pipeline.api import load_split
-    from dc_pipeline.core.data.features import DatasetVersion
+    from dc_pipeline.core.data.dataset_store import open_version
     from dc_pipeline.core.ml.corruptions import CORRUPTIONS, SEVERITIES, corrupt
     from dc_pipeline.core.ml.evaluation import evaluate
     from dc_pipeline.core.ml.training import train
@@ -122,59 +126,181 @@ def main() -> int:
 
     with duckdb.connect(str(args.data_dir / "warehouse.duckdb"), read_only=True) as conn:
         dataset_hash = conn.execute("SELECT dataset_hash FROM features.dataset_versions WHERE is_current").fetchone()[0]
-    index = DatasetVersion(args.data_dir / "datasets", dataset_hash).index()
-    sources = index[index.split == "test"].sort_values("position")["source"].to_numpy()
+    index = open_version(args.data_dir / "datasets", dataset_hash).index()
+    sources = np.concatenate(
+        [index[index.split == s].sort_values("position")["source"].to_numpy() for s in ("test", "val")]
+    )
+    # As model_evaluation: every labelled image no model trained on (test, then validation split); the
+    # automation rate on the test split only (its threshold is chosen on the validation split).
+    xe, ye = np.concatenate([xt, xv]), np.concatenate([yt, yv])
+    on_test = np.arange(len(xe)) < len(xt)
     corrupted = {
-        (n, s): np.rint(corrupt(xt, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
+        (n, s): np.rint(corrupt(xe, n, s, seed=i * 10 + s) * 255).astype(np.uint8) / np.float32(255)
         for i, n in enumerate(sorted(CORRUPTIONS))
         for s in SEVERITIES
     }
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     cfg = train_config(TrainingConfig(**overrides), 10)
-    rows = []
+    from dc_pipeline.core.ml.bootstrap import (
+        bootstrap_indices,
+        compare,
+        ratio_interval,
+        resampled_figures,
+        seed_spread,
+    )
+    from dc_pipeline.core.ml.training import predict_proba
+
+    idx = bootstrap_indices(len(ye), args.resamples, 0)  # the same resamples for every seed and model
+    level = 0.95
+    rows, draws, points, epochs = [], {"baseline": [], "augmix": []}, {"baseline": [], "augmix": []}, []
     for seed in args.seeds:
         cfg.seed = seed
-        result = {}
+        result, seconds = {}, {}
         for mode in ("baseline", "augmix"):
-            start = time.perf_counter()
             trained = train(x, y, xv, yv, cfg, mode=mode)
             model = trained.model()
-            from dc_pipeline.core.ml.training import predict_proba
-
-            ev = evaluate(lambda a, m=model: predict_proba(m, a), (xt, yt), (xv, yv), corrupted, sources, 10)
-            epoch = statistics.median(h["seconds"] for h in trained.history)
-            result[mode] = {**ev.summary, "epoch_seconds": epoch, "total_seconds": time.perf_counter() - start}
-        b, a = result["baseline"], result["augmix"]
+            result[mode] = evaluate(
+                lambda a, m=model: predict_proba(m, a), (xe, ye), (xv, yv), corrupted, sources, 10, on_test
+            )
+            seconds[mode] = statistics.median(h["seconds"] for h in trained.history)
+            draws[mode].append(resampled_figures(result[mode].outcomes, idx))
+            points[mode].append(result[mode].summary)
+        epochs.append(seconds["augmix"] / seconds["baseline"])
+        cmp = compare(result["augmix"].outcomes, result["baseline"].outcomes, args.resamples, level, seed=0)
         rows.append(
             {
                 "seed": seed,
-                "baseline clean err": b["clean_error"],
-                "augmix clean err": a["clean_error"],
-                "baseline mCE": b["mce"],
-                "augmix mCE": a["mce"],
-                "mCE ratio": a["mce"] / b["mce"],
-                "mCE ratio, unseen corruptions": a["mce_unseen_by_augmix"] / b["mce_unseen_by_augmix"],
-                "baseline RMS cal (corr.)": b["rms_calibration_corrupted"],
-                "augmix RMS cal (corr.)": a["rms_calibration_corrupted"],
-                "RMS cal ratio": a["rms_calibration_corrupted"] / b["rms_calibration_corrupted"],
-                "baseline automation (corr.)": b["automation_rate_corrupted"],
-                "augmix automation (corr.)": a["automation_rate_corrupted"],
-                "augmix accepted err (corr.)": a["accepted_error_corrupted"],
-                "epoch time ratio": a["epoch_seconds"] / b["epoch_seconds"],
+                "baseline clean err": cmp.b["clean_error"].text(".3f"),
+                "augmix clean err": cmp.a["clean_error"].text(".3f"),
+                "clean err difference": cmp.difference["clean_error"].text(".3f", signed=True),
+                "baseline mCE": cmp.b["mce"].text(".3f"),
+                "augmix mCE": cmp.a["mce"].text(".3f"),
+                "mCE ratio": cmp.ratio["mce"].text(".3f"),
+                "mCE ratio, unseen corruptions": cmp.ratio["mce_unseen_by_augmix"].text(".3f"),
+                "baseline RMS cal (corr.)": cmp.b["rms_calibration_corrupted"].text(".3f"),
+                "augmix RMS cal (corr.)": cmp.a["rms_calibration_corrupted"].text(".3f"),
+                "RMS cal ratio": cmp.ratio["rms_calibration_corrupted"].text(".3f"),
+                "automation (corr.) difference": cmp.difference["automation_rate_corrupted"].text(".3f", signed=True),
+                "epoch time ratio": f"{epochs[-1]:.2f}",
             }
         )
         print(rows[-1], file=sys.stderr)
     import pandas as pd
 
-    table = pd.DataFrame(rows)
-    mean = table.drop(columns="seed").mean().to_frame().T.assign(seed="mean")
-    table = pd.concat([table, mean], ignore_index=True)
-    text = table.to_markdown(index=False, floatfmt=".3f")
+    def seed_mean(mode: str, figure: str) -> tuple[float, np.ndarray]:
+        point = float(np.mean([p[figure] for p in points[mode]]))
+        return point, np.mean([d[figure] for d in draws[mode]], axis=0)
+
+    def mean_ratio(figure: str):
+        (a, da), (b, db) = seed_mean("augmix", figure), seed_mean("baseline", figure)
+        return ratio_interval(a, b, da, db, level)
+
+    def mean_difference(figure: str):
+        from dc_pipeline.core.ml.bootstrap import Interval
+
+        (a, da), (b, db) = seed_mean("augmix", figure), seed_mean("baseline", figure)
+        lo, hi = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
+        return Interval(a - b, float(lo), float(hi), level)
+
+    def verdict(interval, target: float, below: bool = True) -> str:
+        if (interval.high < target) if below else (interval.low > target):
+            return "met"
+        if (interval.low > target) if below else (interval.high < target):
+            return "missed"
+        return "undecided (the interval straddles the target)"
+
+    def per_seed(mode_a: str, mode_b: str, figure: str, ratio: bool) -> str:
+        values = [
+            a[figure] / b[figure] if ratio else a[figure] - b[figure] for a, b in zip(points[mode_a], points[mode_b])
+        ]
+        return seed_spread(values).text(".3f")
+
+    clean = mean_difference("clean_error")
+    mce, mce_unseen, cal = (
+        mean_ratio("mce"),
+        mean_ratio("mce_unseen_by_augmix"),
+        mean_ratio("rms_calibration_corrupted"),
+    )
+    auto = mean_difference("automation_rate_corrupted")
+    targets = pd.DataFrame(
+        [
+            (
+                "clean error: AugMix - baseline",
+                clean.text(".3f", signed=True),
+                "<= +0.010",
+                verdict(clean, 0.01),
+                per_seed("augmix", "baseline", "clean_error", False),
+            ),
+            (
+                "mCE: AugMix / baseline",
+                mce.text(".3f"),
+                "<= 0.6",
+                verdict(mce, 0.6),
+                per_seed("augmix", "baseline", "mce", True),
+            ),
+            (
+                "mCE over the corruptions AugMix does not train on",
+                mce_unseen.text(".3f"),
+                "(reported)",
+                "",
+                per_seed("augmix", "baseline", "mce_unseen_by_augmix", True),
+            ),
+            (
+                "RMS calibration (corrupted): AugMix / baseline",
+                cal.text(".3f"),
+                "<= 0.6",
+                verdict(cal, 0.6),
+                per_seed("augmix", "baseline", "rms_calibration_corrupted", True),
+            ),
+            (
+                "automation rate (corrupted): AugMix - baseline",
+                auto.text(".3f", signed=True),
+                "> 0",
+                verdict(auto, 0.0, below=False),
+                per_seed("augmix", "baseline", "automation_rate_corrupted", False),
+            ),
+            (
+                "epoch time: AugMix / baseline",
+                f"{np.mean(epochs):.2f}",
+                "<= 3.5",
+                "met" if np.mean(epochs) <= 3.5 else "missed",
+                seed_spread(epochs).text(".2f"),
+            ),
+        ],
+        columns=[
+            "figure (seeds " + ", ".join(map(str, args.seeds)) + ")",
+            f"seed means [{level:.0%} interval]",
+            "target",
+            "verdict",
+            "spread over seeds",
+        ],
+    )
+    widths = pd.DataFrame(
+        {
+            mode: {
+                f: float(
+                    np.mean([np.diff(np.quantile(d[f], [(1 - level) / 2, (1 + level) / 2]))[0] for d in draws[mode]])
+                )
+                for f in ("clean_error", "mce", "rms_calibration_corrupted", "automation_rate_corrupted")
+            }
+            for mode in ("baseline", "augmix")
+        }
+    ).rename_axis("interval width (mean over seeds)")
+    text = (
+        pd.DataFrame(rows).to_markdown(index=False)
+        + "\n\n"
+        + targets.to_markdown(index=False)
+        + "\n\n"
+        + widths.to_markdown(floatfmt=".3f")
+    )
     header = (
         f"# Baseline vs AugMix on the demo data\n\n- date: {datetime.now(UTC).isoformat(timespec='seconds')}"
-        f"\n- dataset {dataset_hash[:12]}: train {len(y)}, val {len(yv)}, test {len(yt)} "
-        f"(x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities)\n- default training config: "
-        f"{cfg.to_dict()} (seed varies)\n- load average before/after: see the console; 2 CPU threads\n\n"
+        f"\n- dataset {dataset_hash[:12]}: train {len(y)}, val {len(yv)}, test {len(yt)}; evaluated on test and val, "
+        f"{len(ye)} images (x {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities), the automation rate on "
+        "test only\n- default training config: "
+        f"{cfg.to_dict()} (seed varies)\n- intervals: {level:.0%}, percentile bootstrap over the evaluation images, "
+        f"{args.resamples} resamples, paired (the same resamples for both models and every seed)\n"
+        "- load average before/after: see the console; 2 CPU threads\n\n"
     )
     steps = step_times(x, y, cfg)
     step_text = (

@@ -138,6 +138,7 @@ class T:
     CURRENT_MODELS = "training.current_models"
     RETRAINING_ATTEMPTS = "training.retraining_attempts"
     EVALUATION_METRICS = "evaluation.metrics"
+    EVALUATION_OUTCOMES = "evaluation.outcomes"
     MODELS = "registry.models"
     ALIASES = "registry.aliases"
     ALIAS_HISTORY = "registry.alias_history"

@@ -81,15 +81,16 @@ class Pipeline:
 
 
 def tiny_run_config(epochs: int = 6, width: int = 8, seed: int = 0, gate: dict | None = None) -> dict:
-    """Small training so the suite stays fast; first-model bounds loosened to match (the gate's own
-    logic is tested in test_registry.py)."""
+    """Small training and fewer bootstrap resamples so the suite stays fast; first-model bounds loosened to
+    match (the gate's own logic is tested in test_evidence.py)."""
     train = {"config": {"epochs": epochs, "width": width, "batch_size": 32, "seed": seed}}
     gate = gate or {"first_max_clean_error": 0.6, "first_max_mce": 0.9, "first_max_rms_calibration": 0.6}
     return {
         "ops": {
             "training__baseline_model": train,
             "training__augmix_model": train,
-            "evaluation__model_evaluation_promotion_gate": {"config": gate},
+            "evaluation__model_evaluation": {"config": {"bootstrap_resamples": 200}},
+            "evaluation__model_evaluation_promotion_gate": {"config": {"bootstrap_resamples": 400, **gate}},
         }
     }
 

@@ -148,7 +148,8 @@ def test_headline_figures_are_in_the_summaries(demo):
     line = evaluation["summary"].value
     assert line.startswith("AugMix clean error ") and " vs baseline " in line and "mCE " in line, line
     assert f"{100 * evaluation['augmix_clean_error'].value:.1f}%" in line
-    assert f"{evaluation['augmix_mce'].value:.3f} vs {evaluation['baseline_mce'].value:.3f}" in line
+    assert f"mCE {evaluation['augmix_mce'].value:.3f} [" in line, line  # each figure with its interval
+    assert f" vs {evaluation['baseline_mce'].value:.3f} [" in line and "(95% intervals)" in line, line
     issues = metadata_of(demo.instance, LABEL_ISSUES)
     assert issues["summary"].value.startswith(f"{issues['flagged'].value} of {issues['images_checked'].value} images")
     version = metadata_of(demo.instance, DATASET_VERSION)

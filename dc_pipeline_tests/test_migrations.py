@@ -187,7 +187,7 @@ def test_a_data_folder_moved_elsewhere_keeps_working(tmp_path):
         "max_clean_error_increase": 1.0,
         "calibration_tolerance": 1.0,
     }
-    assert moved.refresh(run_config=tiny_run_config(seed=1, gate=lenient)).success  # a new champion, after the move
+    assert moved.refresh(run_config=tiny_run_config(seed=1, gate=lenient)).success  # a new model, after the move
     scored = moved.defs.resolve_job_def("ingest_partner_api").execute_in_process(
         instance=moved.instance, partition_key="batch-after-move", asset_selection=[scores_key("partner_api")]
     )

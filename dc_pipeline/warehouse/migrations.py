@@ -165,6 +165,11 @@ WAREHOUSE = Migrations(
             "unlabelled data and the data issues: labelling queue, fingerprints, near-duplicate groups, quality "
             "issues and outliers (the next features run rebuilds the membership once to apply the split guard)",
         ),
+        Migration(
+            7,
+            "evidence: per-image evaluation outcomes, intervals on evaluation figures, the gate's paired mCE "
+            "difference and its interval",
+        ),
     ),
 )
 

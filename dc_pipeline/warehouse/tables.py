@@ -371,8 +371,24 @@ TABLES: tuple[Table, ...] = (
         _cols(
             "version_id VARCHAR, kind VARCHAR, dataset_hash VARCHAR, metric VARCHAR, corruption VARCHAR, "
             "severity BIGINT, value DOUBLE"
+        )
+        + _cols("low DOUBLE, high DOUBLE, level DOUBLE", since=7),
+        "Every model's figures on a dataset version's test data; low and high bound the figure's bootstrap "
+        "interval over test images at the confidence level (null for figures without one).",
+    ),
+    Table(
+        T.EVALUATION_OUTCOMES,
+        "dc_pipeline.defs.evaluation.assets",
+        _cols(
+            "version_id VARCHAR, dataset_hash VARCHAR, corruption VARCHAR, severity BIGINT, confidence DOUBLE[], "
+            "correct BOOLEAN[], automation BOOLEAN[]",
+            since=7,
         ),
-        "Every model's figures on a dataset version's test data.",
+        "Every model's per-image results on a dataset version's evaluation images (test, then validation split), "
+        "clean (corruption null; its automation column flags the images the automation rate is measured on, the "
+        "test split's) and under each corruption and severity: what intervals and the gate's paired comparisons "
+        "are computed from.",
+        since=7,
     ),
     Table(
         T.MODELS,
@@ -405,8 +421,14 @@ TABLES: tuple[Table, ...] = (
         _cols(
             "decided_at TIMESTAMP, challenger VARCHAR, champion VARCHAR, passed BOOLEAN, verdict VARCHAR, inputs JSON, "
             "dagster_run_id VARCHAR"
+        )
+        + _cols(
+            "test_images BIGINT, confidence_level DOUBLE, mce_difference DOUBLE, mce_difference_low DOUBLE, "
+            "mce_difference_high DOUBLE",
+            since=7,
         ),
-        "Every promotion-gate decision.",
+        "Every promotion-gate decision: the verdict, the challenger-minus-champion mCE with its paired interval, "
+        "and in inputs every figure of both models with intervals and the policy.",
     ),
     Table(
         T.PREDICTIONS,

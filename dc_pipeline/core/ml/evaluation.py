@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 
 from dc_pipeline.core.ml import metrics as m
+from dc_pipeline.core.ml.bootstrap import Outcomes
+from dc_pipeline.core.ml.metrics import AUGMIX_OVERLAP
 
 MAX_ACCEPTED_ERROR = 0.01  # the automation threshold keeps auto-accepted predictions at most 1% wrong
-# Corruptions whose transformation is also one of AugMix's own ops: the paper keeps its ops disjoint
-# from the test corruptions, so we also report the mCE over the corruptions AugMix never trains on.
-AUGMIX_OVERLAP = ("rotate", "shear", "translate")
 
 
 @dataclass
@@ -24,6 +23,7 @@ class Evaluation:
     per_source: pd.DataFrame
     confusion: np.ndarray
     reliability: dict[str, m.ReliabilityData] = field(default_factory=dict)
+    outcomes: Outcomes | None = None  # per-image results, for intervals and paired comparisons
 
     def corruption_table(self) -> pd.DataFrame:
         rows = [{"corruption": n, "severity": s, "error": e} for (n, s), e in sorted(self.corruption_errors.items())]
@@ -32,27 +32,37 @@ class Evaluation:
 
 def evaluate(
     predict: Callable[[np.ndarray], np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
+    evaluation: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     corrupted: dict[tuple[str, int], np.ndarray],
     sources: np.ndarray,
     n_classes: int,
+    automation_images: np.ndarray | None = None,
 ) -> Evaluation:
-    """``predict`` maps canonical images to probabilities; labels are class indices."""
-    (xt, yt), (xv, yv) = test, val
+    """Every figure on the ``evaluation`` images (and their ``corrupted`` copies, in the same order), which no
+    model trained on; the automation threshold is chosen on ``val`` and the automation rate measured on the
+    evaluation images flagged in ``automation_images`` (default all: those must not be ``val``'s).
+    ``predict`` maps canonical images to probabilities; labels are class indices."""
+    (xt, yt), (xv, yv) = evaluation, val
     p_test, p_val = predict(xt), predict(xv)
     conf_t, ok_t = m.confidence_and_correct(p_test, yt)
     conf_v, ok_v = m.confidence_and_correct(p_val, yv)
     threshold = m.choose_threshold(conf_v, ok_v, MAX_ACCEPTED_ERROR)
+    auto = np.ones(len(yt), bool) if automation_images is None else np.asarray(automation_images, bool)
     errors, conf_c, ok_c = {}, [], []
     for key, xc in sorted(corrupted.items()):
         c, ok = m.confidence_and_correct(predict(xc), yt)
         errors[key] = float(1.0 - ok.mean())
         conf_c.append(c)
         ok_c.append(ok)
+    outcomes = Outcomes(
+        conf_t, ok_t, tuple(sorted(corrupted)), np.stack(conf_c), np.stack(ok_c), float(threshold), auto
+    )
+    auto_t, acc_err_t = m.automation_rate(conf_t[auto], ok_t[auto], threshold)
+    auto_c, acc_err_c = m.automation_rate(
+        outcomes.confidence_corrupted[:, auto].ravel(), outcomes.correct_corrupted[:, auto].ravel(), threshold
+    )
     conf_c, ok_c = np.concatenate(conf_c), np.concatenate(ok_c)
-    auto_t, acc_err_t = m.automation_rate(conf_t, ok_t, threshold)
-    auto_c, acc_err_c = m.automation_rate(conf_c, ok_c, threshold)
     summary = {
         "clean_error": float(1.0 - ok_t.mean()),
         "mce": m.mean_corruption_error(errors),
@@ -69,6 +79,7 @@ def evaluate(
         "automation_rate_corrupted": auto_c,
         "accepted_error_corrupted": acc_err_c,
         "n_test": int(len(yt)),
+        "n_automation": int(auto.sum()),
         "n_corrupted": int(len(ok_c)),
     }
     frame = pd.DataFrame({"label": yt, "source": sources, "correct": ok_t})
@@ -82,6 +93,7 @@ def evaluate(
             "clean": m.reliability_diagram_data(conf_t, ok_t, 10),
             "corrupted": m.reliability_diagram_data(conf_c, ok_c, 10),
         },
+        outcomes=outcomes,
     )
 
 

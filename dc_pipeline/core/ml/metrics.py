@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "AUGMIX_OVERLAP",
     "NO_AUTOMATION_THRESHOLD",
     "ReliabilityData",
     "RelativeCorruptionError",
@@ -32,6 +33,10 @@ __all__ = [
     "rms_calibration_error",
     "slice_errors",
 ]
+
+#: Corruptions whose transformation is also one of AugMix's own ops: the paper keeps its ops disjoint from
+#: the test corruptions, so the mCE over the corruptions AugMix never trains on is reported too.
+AUGMIX_OVERLAP = ("rotate", "shear", "translate")
 
 #: Threshold meaning "accept nothing": the smallest float above 1.0, so no probability reaches it.
 NO_AUTOMATION_THRESHOLD: float = float(np.nextafter(1.0, 2.0))

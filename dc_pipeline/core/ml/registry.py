@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from dc_pipeline.core.ml.bootstrap import Comparison, Interval
 from dc_pipeline.core.paths import PathOutsideDataFolder, stored_file, to_relative
 from dc_pipeline.core.storage import Location, OutsideStorageRoot, as_location
 
@@ -247,8 +249,11 @@ class Registry:
         return True
 
     def record_gate(self, decision: GateDecision, run_id: str | None) -> None:
+        mce = decision.mce_difference
         self.conn.execute(
-            "INSERT INTO registry.gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO registry.gate_decisions (decided_at, challenger, champion, passed, verdict, inputs, "
+            "dagster_run_id, test_images, confidence_level, mce_difference, mce_difference_low, "
+            "mce_difference_high) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 _now(),
                 decision.challenger,
@@ -257,6 +262,11 @@ class Registry:
                 decision.verdict,
                 json.dumps(decision.inputs, default=float),
                 run_id,
+                decision.inputs.get("test_images"),
+                mce.level if mce else None,
+                mce.estimate if mce else None,
+                mce.low if mce else None,
+                mce.high if mce else None,
             ],
         )
 
@@ -264,12 +274,18 @@ class Registry:
 # -- the promotion gate --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GatePolicy:
-    mce_relative_margin: float = 0.05  # challenger mCE <= (1 - margin) * champion mCE
-    max_clean_error_increase: float = 0.005  # 0.5 points
-    calibration_tolerance: float = 0.01  # challenger RMS calibration error <= champion's + this
+    """The gate's rule. Differences are challenger minus champion on the same evaluation images, with paired
+    bootstrap intervals at ``confidence_level``; lower is better for all three figures."""
+
+    mce_relative_margin: float = 0.0  # the mCE difference's interval must lie below -margin * champion mCE
+    max_clean_error_increase: float = 0.0  # refused if the clean-error difference's interval lies above this
+    calibration_tolerance: float = 0.0  # refused if the calibration difference's interval lies above this
     first_max_clean_error: float = 0.10  # absolute bounds for the first model ever promoted
     first_max_mce: float = 0.40
     first_max_rms_calibration: float = 0.25
+    confidence_level: float = 0.95
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -279,59 +295,76 @@ class GateDecision:
     passed: bool
     verdict: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    mce_difference: Interval | None = None  # challenger minus champion, when there is a champion
+
+
+GUARDED = (  # (figure, name in verdicts, policy field with the tolerated increase)
+    ("clean_error", "clean error", "max_clean_error_increase"),
+    ("rms_calibration_corrupted", "RMS calibration error on corrupted data", "calibration_tolerance"),
+)
 
 
 def promotion_decision(
-    challenger: str, challenger_metrics: dict, champion: str | None, champion_metrics: dict | None, policy: GatePolicy
+    challenger: str, champion: str | None, evidence: Comparison | dict[str, Interval], policy: GatePolicy
 ) -> GateDecision:
-    """Decide whether ``challenger`` may replace ``champion``. Metrics: clean_error, mce, rms_calibration_corrupted."""
-    c = {k: float(challenger_metrics[k]) for k in ("clean_error", "mce", "rms_calibration_corrupted")}
+    """Decide whether ``challenger`` may replace ``champion``.
+
+    With a champion, ``evidence`` is the paired comparison challenger vs champion on the same evaluation images:
+    the challenger must be better on mCE beyond noise (the whole interval of the difference below
+    ``-mce_relative_margin`` x the champion's mCE) and not worse beyond noise on clean error and on RMS
+    calibration error on corrupted data (no interval of a difference wholly above its tolerance). The
+    first model ever (``evidence``: its own intervals) must have point estimates within absolute bounds.
+    """
+    own = evidence.a if isinstance(evidence, Comparison) else evidence
+    broken = [
+        k for k in ("clean_error", "mce", "rms_calibration_corrupted") if k in own and math.isnan(own[k].estimate)
+    ]
+    if broken:
+        verdict = f"refused: the challenger's {', '.join(broken)} is not a number (its predictions are not finite)"
+        return GateDecision(challenger, champion, False, verdict, {"policy": vars(policy)})
     if champion is None:
-        failures = [
-            f"{name} {c[key]:.4f} > {bound}"
-            for name, key, bound in (
-                ("clean error", "clean_error", policy.first_max_clean_error),
-                ("mCE", "mce", policy.first_max_mce),
-                ("RMS calibration error", "rms_calibration_corrupted", policy.first_max_rms_calibration),
-            )
-            if c[key] > bound
-        ]
+        figures = own
+        bounds = (
+            ("clean error", "clean_error", policy.first_max_clean_error),
+            ("mCE", "mce", policy.first_max_mce),
+            ("RMS calibration error", "rms_calibration_corrupted", policy.first_max_rms_calibration),
+        )
+        failures = [f"{n} {figures[k].text()} > {b}" for n, k, b in bounds if figures[k].estimate > b]
         verdict = (
             "first model: within the absolute bounds, promoted"
             if not failures
             else "first model refused: " + "; ".join(failures)
         )
-        return GateDecision(challenger, None, not failures, verdict, {"challenger": c, "policy": vars(policy)})
+        inputs = {"challenger": {k: v.as_dict() for k, v in figures.items()}, "policy": vars(policy)}
+        return GateDecision(challenger, None, not failures, verdict, inputs)
     if challenger == champion:
         return GateDecision(
-            challenger,
-            champion,
-            True,
-            "the challenger already is the champion",
-            {"challenger": c, "policy": vars(policy)},
+            challenger, champion, True, "the challenger already is the champion", {"policy": vars(policy)}
         )
-    k = {key: float(champion_metrics[key]) for key in c}
+    if not isinstance(evidence, Comparison):
+        raise TypeError("a challenger is judged against a champion on a paired comparison")
+    d = evidence.difference
+    level = f"{evidence.difference['mce'].level:.0%} interval"
+    mce_bound = -policy.mce_relative_margin * evidence.b["mce"].estimate
     failures = []
-    if c["mce"] > (1 - policy.mce_relative_margin) * k["mce"]:
+    if not d["mce"].below(mce_bound):
         failures.append(
-            f"mCE {c['mce']:.4f} does not beat the champion's {k['mce']:.4f} by {policy.mce_relative_margin:.0%}"
+            f"mCE is not better beyond noise: challenger - champion {d['mce'].text(signed=True)} ({level}) "
+            f"does not lie wholly below {mce_bound:+.4f}"
         )
-    if c["clean_error"] > k["clean_error"] + policy.max_clean_error_increase:
-        failures.append(
-            f"clean error {c['clean_error']:.4f} is more than "
-            f"{policy.max_clean_error_increase * 100:.1f} points above the champion's {k['clean_error']:.4f}"
-        )
-    if c["rms_calibration_corrupted"] > k["rms_calibration_corrupted"] + policy.calibration_tolerance:
-        failures.append(
-            f"RMS calibration error on corrupted data {c['rms_calibration_corrupted']:.4f} is worse "
-            f"than the champion's {k['rms_calibration_corrupted']:.4f}"
-        )
+    for key, name, tolerance in GUARDED:
+        allowed = getattr(policy, tolerance)
+        if d[key].above(allowed):
+            failures.append(
+                f"{name} is worse beyond noise: challenger - champion {d[key].text(signed=True)} ({level}) "
+                f"lies wholly above {allowed:+.4f}"
+            )
     verdict = (
-        "promoted: "
-        + (f"mCE {c['mce']:.4f} vs {k['mce']:.4f}, clean error {c['clean_error']:.4f} vs {k['clean_error']:.4f}")
+        f"promoted: mCE {evidence.a['mce'].estimate:.4f} vs {evidence.b['mce'].estimate:.4f}, difference "
+        f"{d['mce'].text(signed=True)} ({level}, {evidence.n} evaluation images); clean error "
+        f"{evidence.a['clean_error'].estimate:.4f} vs {evidence.b['clean_error'].estimate:.4f}"
         if not failures
         else "refused: " + "; ".join(failures)
     )
-    return GateDecision(
-        challenger, champion, not failures, verdict, {"challenger": c, "champion": k, "policy": vars(policy)}
-    )
+    inputs = {**evidence.as_dict(("challenger", "champion")), "policy": vars(policy)}
+    return GateDecision(challenger, champion, not failures, verdict, inputs, d["mce"])

@@ -1,0 +1,206 @@
+"""Intervals on evaluation figures and a promotion gate that decides on them, with constructed predictions."""
+
+import numpy as np
+import pytest
+
+from dc_pipeline.core.ml import metrics as m
+from dc_pipeline.core.ml.bootstrap import (
+    FIGURES,
+    Outcomes,
+    bootstrap_indices,
+    compare,
+    intervals,
+    point_figures,
+    resampled_figures,
+    seed_spread,
+)
+from dc_pipeline.core.ml.evaluation import evaluate
+from dc_pipeline.core.ml.registry import GatePolicy, promotion_decision
+
+KEYS = tuple((name, sev) for name in ("fog", "noise", "rotate", "blur") for sev in (1, 2, 3))
+
+
+def calibrated(n: int, k: int, clean_accuracy: float, corrupted_accuracy: float, seed: int) -> Outcomes:
+    """Per-image results drawn from their confidences (so about calibrated): correct with probability p."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(2 * clean_accuracy - 1, 1, n)
+    pc = rng.uniform(2 * corrupted_accuracy - 1, 1, (k, n))
+    return Outcomes(p, rng.random(n) < p, KEYS, pc, rng.random((k, n)) < pc, threshold=0.9)
+
+
+@pytest.fixture
+def champion():
+    return calibrated(400, len(KEYS), 0.95, 0.75, seed=1)
+
+
+def variant(
+    base: Outcomes, seed: int, fix_corrupted=0.0, break_corrupted=0.0, break_clean=0.0, overconfident=False
+) -> Outcomes:
+    """``base`` with each corrupted error fixed with probability ``fix_corrupted`` and each corrupted (clean)
+    success broken with probability ``break_corrupted`` (``break_clean``); confidences move to the new
+    probability of being right, so a calibrated base stays calibrated. ``overconfident``: every confidence
+    near 1."""
+    rng = np.random.default_rng(seed)
+    ok_c = base.correct_corrupted.copy()
+    ok_c[~ok_c & (rng.random(ok_c.shape) < fix_corrupted)] = True
+    ok_c[base.correct_corrupted & (rng.random(ok_c.shape) < break_corrupted)] = False
+    conf_c = (base.confidence_corrupted + (1 - base.confidence_corrupted) * fix_corrupted) * (1 - break_corrupted)
+    ok = base.correct & ~(rng.random(base.n) < break_clean)
+    conf = base.confidence * (1 - break_clean)
+    if overconfident:
+        conf, conf_c = rng.uniform(0.995, 1.0, conf.shape), rng.uniform(0.995, 1.0, conf_c.shape)
+    return Outcomes(conf, ok, KEYS, conf_c, ok_c, base.threshold)
+
+
+def test_the_full_sample_reproduces_every_figure_of_the_metrics_module(champion):
+    p = point_figures(champion)
+    conf_c, ok_c = champion.confidence_corrupted.ravel(), champion.correct_corrupted.ravel()
+    errors = {k: 1 - ok.mean() for k, ok in zip(KEYS, champion.correct_corrupted)}
+    expected = {
+        "clean_error": 1 - champion.correct.mean(),
+        "mce": m.mean_corruption_error(errors),
+        "mce_unseen_by_augmix": m.mean_corruption_error({k: v for k, v in errors.items() if k[0] != "rotate"}),
+        "ece_clean": m.expected_calibration_error(champion.confidence, champion.correct),
+        "rms_calibration_clean": m.rms_calibration_error(champion.confidence, champion.correct),
+        "ece_corrupted": m.expected_calibration_error(conf_c, ok_c),
+        "rms_calibration_corrupted": m.rms_calibration_error(conf_c, ok_c),
+        "automation_rate_clean": m.automation_rate(champion.confidence, champion.correct, 0.9)[0],
+        "automation_rate_corrupted": m.automation_rate(conf_c, ok_c, 0.9)[0],
+    }
+    assert set(p) == set(FIGURES)
+    for k in FIGURES:
+        assert p[k] == pytest.approx(expected[k], abs=1e-12), k
+
+
+def test_every_resample_gives_what_the_metrics_module_gives_on_the_drawn_images(champion):
+    """Resamples are computed from image multiplicities, without materialising or sorting each resample."""
+    idx = bootstrap_indices(champion.n, 5, seed=11)
+    got = resampled_figures(champion, idx)
+    for b, drawn in enumerate(idx):
+        conf_c = champion.confidence_corrupted[:, drawn].ravel()
+        ok_c = champion.correct_corrupted[:, drawn].ravel()
+        expected = {
+            "clean_error": 1 - champion.correct[drawn].mean(),
+            "ece_clean": m.expected_calibration_error(champion.confidence[drawn], champion.correct[drawn]),
+            "rms_calibration_clean": m.rms_calibration_error(champion.confidence[drawn], champion.correct[drawn]),
+            "ece_corrupted": m.expected_calibration_error(conf_c, ok_c),
+            "rms_calibration_corrupted": m.rms_calibration_error(conf_c, ok_c),
+            "automation_rate_corrupted": m.automation_rate(conf_c, ok_c, champion.threshold)[0],
+            "mce": m.mean_corruption_error(
+                {k: 1 - ok[drawn].mean() for k, ok in zip(KEYS, champion.correct_corrupted)}
+            ),
+        }
+        for k, v in expected.items():
+            assert got[k][b] == pytest.approx(v, abs=1e-12), (b, k)
+
+
+def test_evaluate_keeps_per_image_outcomes_that_give_its_summary():
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(16, 4))
+
+    def predict(x):
+        logits = x.reshape(len(x), -1) @ weights * 3
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    x, xv = rng.random((150, 4, 4)), rng.random((120, 4, 4))
+    y, yv = predict(x).argmax(1), predict(xv).argmax(1)
+    y[:30], yv[:20] = (y[:30] + 1) % 4, (yv[:20] + 1) % 4  # some errors
+    corrupted = {(n, s): np.clip(x + rng.normal(0, 0.2 * s, x.shape), 0, 1) for n in ("fog", "shear") for s in (1, 2)}
+    on_test = np.arange(150) < 100  # the automation rate is measured on these only
+    ev = evaluate(predict, (x, y), (xv, yv), corrupted, np.array(["a"] * 150), 4, automation_images=on_test)
+    assert ev.summary["n_automation"] == 100
+    conf = predict(x).max(axis=1)
+    assert ev.summary["automation_rate_clean"] == np.mean(conf[:100] >= ev.summary["automation_threshold"])
+    p = point_figures(ev.outcomes)
+    for k in FIGURES:
+        assert p[k] == pytest.approx(ev.summary[k], abs=1e-12), k
+    frame = ev.outcomes.to_frame()
+    assert len(frame) == 1 + len(corrupted)
+    again = Outcomes.from_frame(frame, ev.summary["automation_threshold"])
+    assert point_figures(again) == p
+
+
+def test_intervals_hold_the_estimate_and_narrow_with_more_images(champion):
+    small = intervals(champion, resamples=400, seed=3)
+    large = intervals(calibrated(1600, len(KEYS), 0.95, 0.75, seed=2), resamples=400, seed=3)
+    for k in ("clean_error", "mce", "rms_calibration_corrupted", "automation_rate_corrupted"):
+        assert 0.3 < large[k].width / small[k].width < 0.75, (k, large[k].width, small[k].width)  # about 1/2
+    for k in ("clean_error", "mce", "automation_rate_corrupted"):
+        assert small[k].low <= small[k].estimate <= small[k].high, k
+    # A binned calibration error is biased upwards, the more so the fewer distinct images: resamples (which
+    # repeat images) lie above the estimate. The gate reads it through paired differences, where it cancels.
+    assert small["rms_calibration_corrupted"].low > small["rms_calibration_corrupted"].estimate
+    assert intervals(champion, resamples=400, seed=3) == small, "seeded: the same intervals again"
+
+
+def test_a_paired_comparison_is_narrower_than_the_two_intervals_suggest(champion):
+    challenger = variant(champion, 5, fix_corrupted=0.05)
+    cmp = compare(challenger, champion, resamples=500)
+    unpaired = np.hypot(cmp.a["mce"].width, cmp.b["mce"].width)
+    assert cmp.difference["mce"].width < 0.5 * unpaired
+    same = compare(champion, champion, resamples=200)
+    assert same.difference["mce"].low == same.difference["mce"].high == 0.0
+    assert same.relative_mce.estimate == 1.0
+
+
+def test_gate_promotes_a_clearly_better_challenger(champion):
+    better = variant(champion, 7, fix_corrupted=0.4)
+    decision = promotion_decision("new", "old", compare(better, champion), GatePolicy())
+    assert decision.passed and decision.verdict.startswith("promoted"), decision.verdict
+    assert decision.mce_difference.high < 0
+    assert decision.inputs["difference"]["mce"]["high"] == decision.mce_difference.high
+    assert decision.inputs["champion"]["mce"]["estimate"] == pytest.approx(point_figures(champion)["mce"])
+
+
+def test_gate_keeps_the_champion_when_the_difference_is_within_noise(champion):
+    similar = variant(champion, 9, fix_corrupted=0.06, break_corrupted=0.018)  # fixes and breaks
+    cmp = compare(similar, champion)
+    assert cmp.difference["mce"].estimate < 0, "better on the point estimate..."
+    decision = promotion_decision("new", "old", cmp, GatePolicy())
+    assert not decision.passed and "mCE is not better beyond noise" in decision.verdict, "...but not beyond noise"
+    # a point-estimate rule with no margin would have promoted it
+    assert cmp.a["mce"].estimate < cmp.b["mce"].estimate
+
+
+@pytest.mark.parametrize(
+    ("guard", "change"),
+    [
+        ("clean error", {"break_clean": 0.12}),
+        ("RMS calibration error on corrupted data", {"overconfident": True}),
+    ],
+)
+def test_gate_refuses_a_challenger_worse_on_a_guard_figure(champion, guard, change):
+    worse = variant(champion, 9, fix_corrupted=0.4, **change)
+    cmp = compare(worse, champion)
+    assert cmp.difference["mce"].high < 0, "better on mCE beyond noise"
+    decision = promotion_decision("new", "old", cmp, GatePolicy())
+    assert not decision.passed and guard in decision.verdict and "mCE" not in decision.verdict, decision.verdict
+    tolerant = {"max_clean_error_increase": 1.0, "calibration_tolerance": 1.0}
+    assert promotion_decision("new", "old", cmp, GatePolicy(**tolerant)).passed
+
+
+def test_the_first_model_needs_absolute_bounds_and_a_champion_passes_against_itself(champion):
+    assert promotion_decision("m", None, intervals(champion, resamples=100), GatePolicy()).passed
+    bad = promotion_decision("m", None, intervals(champion, resamples=100), GatePolicy(first_max_mce=0.1))
+    assert not bad.passed and "mCE" in bad.verdict
+    assert promotion_decision("m", "m", {}, GatePolicy()).passed
+
+
+def test_a_comparison_needs_the_same_test_images(champion):
+    with pytest.raises(ValueError, match="same evaluation images"):
+        compare(calibrated(399, len(KEYS), 0.9, 0.7, seed=4), champion)
+
+
+def test_seed_spread():
+    s = seed_spread({0: 0.57, 1: 0.70, 2: 0.59})
+    assert s.n == 3 and s.low == 0.57 and s.high == 0.70 and s.mean == pytest.approx(0.62)
+    assert s.sd == pytest.approx(np.std([0.57, 0.70, 0.59], ddof=1))
+
+
+def test_a_challenger_with_non_finite_predictions_is_refused(champion):
+    broken = variant(champion, 3, fix_corrupted=0.4)
+    broken.confidence_corrupted[0, :10] = np.nan  # what a diverged network's probabilities give
+    for champion_id, evidence in (("old", compare(broken, champion)), (None, intervals(broken, resamples=50))):
+        decision = promotion_decision("new", champion_id, evidence, GatePolicy(mce_relative_margin=-10.0))
+        assert not decision.passed and "not finite" in decision.verdict, decision.verdict

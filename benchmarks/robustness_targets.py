@@ -142,6 +142,7 @@ def main() -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width)) if v is not None}
     cfg = train_config(TrainingConfig(**overrides), 10)
     from dc_pipeline.core.ml.bootstrap import (
+        Interval,
         bootstrap_indices,
         compare,
         ratio_interval,
@@ -196,8 +197,6 @@ def main() -> int:
         return ratio_interval(a, b, da, db, level)
 
     def mean_difference(figure: str):
-        from dc_pipeline.core.ml.bootstrap import Interval
-
         (a, da), (b, db) = seed_mean("augmix", figure), seed_mean("baseline", figure)
         lo, hi = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
         return Interval(a - b, float(lo), float(hi), level)

@@ -193,23 +193,15 @@ class _SortedValues:
         total = int(round(cum_w[0, -1]))  # values per resample (the same for every resample)
         edges = np.r_[np.arange(1, max(total // RMS_BIN_SIZE, 1)) * RMS_BIN_SIZE, total]
         # the cumulative gap at position p of the expanded sequence: inside the value that covers p
-        span = total + 1  # rows side by side in one sorted array: row r's positions shifted by r * span
-        shifted = (cum_w + span * np.arange(b)[:, None]).ravel()
-        at = np.searchsorted(shifted, (edges[None, :] + span * np.arange(b)[:, None]).ravel(), side="left")
-        g_at = (
-            cum_g.ravel()[at]
-            - (shifted[at] - (edges[None, :] + span * np.arange(b)[:, None]).ravel()) * (self.gap[at % weight.shape[1]])
-        )
+        offsets = (total + 1) * np.arange(b)[:, None]  # rows side by side in one sorted array
+        shifted = (cum_w + offsets).ravel()
+        targets = (edges[None, :] + offsets).ravel()
+        at = np.searchsorted(shifted, targets, side="left")
+        g_at = cum_g.ravel()[at] - (shifted[at] - targets) * self.gap[at % weight.shape[1]]
         g_at = np.concatenate([np.zeros((b, 1)), g_at.reshape(b, -1)], axis=1)
         sums = np.diff(g_at, axis=1)
         sizes = np.diff(np.r_[0, edges])
         return np.sqrt(np.sum(sums**2 / sizes, axis=1) / total)
-
-
-def _automation(conf: np.ndarray, counted: np.ndarray, threshold: float) -> np.ndarray:
-    """Row-wise share of the ``counted`` images at or above the threshold (NaN where none is counted)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((conf >= threshold) & counted).sum(axis=1) / counted.sum(axis=1)
 
 
 class _Prepared:

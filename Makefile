@@ -31,7 +31,7 @@ CLUSTER_ARGS = --dir $(CLUSTER_DIR) --data-dir $(CLUSTER_DATA) --pg-port $(PG_PO
 # requirements.lock only in DuckDB (1.5.5: its postgres extension is published on PyPI up to that release). A
 # separate environment, so the embedded mode keeps DuckDB 2.0 and the warehouse files it wrote (DuckDB 1.5
 # cannot open them). It is an overlay on .venv: a .pth file puts .venv's packages behind its own, so pip
-# installs here only what differs (DuckDB and the project itself, about 120 MB) instead of a second copy of
+# installs here only what differs (DuckDB and the project itself; with the packages below, about 280 MB) instead of a second copy of
 # torch and its CUDA libraries (about 7 GB). The packages whose commands the cluster starts are installed here
 # again (without their dependencies) so that those commands run this environment's Python.
 CLUSTER_COMMANDS := dagster dagster-webserver dagster-celery celery moto pytest

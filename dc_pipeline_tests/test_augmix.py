@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -13,11 +15,13 @@ from scipy import stats
 from sklearn.datasets import load_digits
 
 from dc_pipeline.augmix import ALL_OPS, OPS, AugMix, augmix_views, jsd_loss
-from dc_pipeline.core.ml.augmix import AugMixParams, apply_op, reference, sample_gamma
+from dc_pipeline.core.ml.augmix import AugMixParams, apply_op, fused, reference, sample_gamma
+from dc_pipeline.core.ml.augmix.engine import _KEY
 
 LUT_OPS = ("autocontrast", "equalize", "posterize", "solarize")
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 ENHANCE_OPS = ("color", "contrast", "brightness", "sharpness")
+BACKENDS = ("torch", "fused")  # eager PyTorch (any device) and the compiled per-image loop (CPU)
 
 
 # --------------------------------------------------------------------------- data
@@ -85,15 +89,16 @@ TOLERANCES = {**dict.fromkeys(LUT_OPS, (1e-06, 1e-06)), **dict.fromkeys(GEOMETRI
 TOLERANCES.update(dict.fromkeys(ENHANCE_OPS, (2.0, 0.75)))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("name", ALL_OPS)
-def test_op_matches_pil_reference(name: str, channels: int, gray, rgb) -> None:
+def test_op_matches_pil_reference(name: str, channels: int, gray, rgb, backend: str) -> None:
     images, x = gray if channels == 1 else rgb
     g = torch.Generator().manual_seed(1000 + ALL_OPS.index(name))
     b = x.shape[0]
     levels = 0.1 + 9.9 * torch.rand(b, generator=g, dtype=torch.float64)  # the whole severity range
     signs = torch.where(torch.arange(b) % 2 == 0, 1.0, -1.0)  # both directions
-    ours = apply_op(x, name, levels, signs)
+    ours = apply_op(x, name, levels, signs, backend=backend)
     ref = pil_batch(images, name, levels, signs)
     diff = (ours - ref).abs() * 255.0
     max_tol, mean_tol = TOLERANCES[name]
@@ -104,27 +109,57 @@ def test_op_matches_pil_reference(name: str, channels: int, gray, rgb) -> None:
         assert (ours >= ref - 1e-6).all(), "PIL truncates: the engine must never be below it"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", GEOMETRIC_OPS)
-def test_geometric_ops_on_non_square_noise(name: str) -> None:
+def test_geometric_ops_on_non_square_noise(name: str, backend: str) -> None:
     """Uniform noise is the hardest case for interpolation; 24x40 checks the x/y conventions."""
     rng = np.random.default_rng(5)
     images = [Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)) for _ in range(8)]
     levels = torch.linspace(0.5, 9.5, 8, dtype=torch.float64)
     signs = torch.tensor([1.0, -1.0] * 4)
-    diff = (apply_op(_to_tensor(images), name, levels, signs) - pil_batch(images, name, levels, signs)).abs() * 255
+    diff = (
+        apply_op(_to_tensor(images), name, levels, signs, backend=backend) - pil_batch(images, name, levels, signs)
+    ).abs() * 255
     max_tol, mean_tol = TOLERANCES[name]
     assert diff.max().item() <= max_tol + 1e-3 and diff.mean().item() <= mean_tol
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["translate_x", "translate_y", "rotate"])
+def test_whole_pixel_and_degree_ops_at_the_level_cut_offs(name: str, backend: str) -> None:
+    """Levels exactly where the reference's ``int(level * maxval / 10)`` steps up, and beyond.
+
+    20 / 3 and 28 / 3 are not exact in binary, so a cut-off computed in float32 would
+    shift the noise by one pixel here. Translations are exact copies (0 outside), also
+    by more than the image size (level 40); level 0.1 rotates by 0 degrees, a copy.
+    """
+    rng = np.random.default_rng(6)
+    h, w = 20, 28
+    if name == "rotate":
+        cut_offs = [k / 3 for k in range(31)]  # int(level * 30 / 10) = k degrees
+    else:
+        size = w if name == "translate_x" else h
+        cut_offs = [k * 30.0 / size for k in range(1, size // 3 + 2)]  # int(level * size / 3 / 10) = k pixels
+    levels = torch.tensor([0.1, *cut_offs, 40.0], dtype=torch.float64)
+    signs = torch.where(torch.arange(levels.numel()) % 2 == 0, 1.0, -1.0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(levels.numel())]
+    diff = (
+        apply_op(_to_tensor(images), name, levels, signs, backend=backend) - pil_batch(images, name, levels, signs)
+    ).abs() * 255
+    max_tol, mean_tol = TOLERANCES[name] if name == "rotate" else (0.0, 0.0)
+    assert diff.max().item() <= max_tol + 1e-3 and diff.mean().item() <= mean_tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", LUT_OPS)
-def test_8bit_ops_quantise_and_handle_flat_images(name: str, rgb) -> None:
+def test_8bit_ops_quantise_and_handle_flat_images(name: str, rgb, backend: str) -> None:
     images, x = rgb
     levels = torch.linspace(0.1, 9.9, x.shape[0], dtype=torch.float64)  # PIL rejects 0 bits at 10
     ones = torch.ones(x.shape[0])
     ref = pil_batch(images, name, levels, ones)
     # Inputs off the 8-bit grid by less than half a step are quantised to round(255 x) first.
     jitter = (torch.rand(x.shape, generator=torch.Generator().manual_seed(8)) - 0.5) * (0.9 / 255.0)
-    ours = apply_op((x + jitter).clamp(0, 1), name, levels, ones)
+    ours = apply_op((x + jitter).clamp(0, 1), name, levels, ones, backend=backend)
     assert (ours - ref).abs().max().item() < 1e-6
     # Flat channels and two-level images: PIL's degenerate branches (identity LUTs).
     flat = [Image.new("RGB", (32, 32), (120, 60, 200)), Image.new("L", (32, 32), 77).convert("RGB")]
@@ -132,15 +167,18 @@ def test_8bit_ops_quantise_and_handle_flat_images(name: str, rgb) -> None:
     two[:5] = 41
     flat.append(Image.fromarray(two))
     lv = torch.full((3,), 2.0, dtype=torch.float64)
-    assert torch.equal(apply_op(_to_tensor(flat), name, lv, torch.ones(3)), pil_batch(flat, name, lv, torch.ones(3)))
+    assert torch.equal(
+        apply_op(_to_tensor(flat), name, lv, torch.ones(3), backend=backend), pil_batch(flat, name, lv, torch.ones(3))
+    )
 
 
-def test_ops_change_the_images(rgb) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_change_the_images(rgb, backend: str) -> None:
     """Guards the reference comparison against an op that silently does nothing."""
     _, x = rgb
     levels = torch.full((x.shape[0],), 8.0)
     for name in ALL_OPS:
-        out = apply_op(x, name, levels, sign=1.0)
+        out = apply_op(x, name, levels, sign=1.0, backend=backend)
         assert (out - x).abs().max().item() > 8 / 255, name
 
 
@@ -168,31 +206,37 @@ def _per_image_reference(x: torch.Tensor, augmix: AugMix, params: AugMixParams) 
     """AugMix with a Python loop over images and chains, one ``apply_op`` call per op."""
     return torch.cat(
         [
-            reference.augment_and_mix(x[b : b + 1], *reference.chains_from_params(params, augmix.ops, b), op=apply_op)
+            reference.augment_and_mix(
+                x[b : b + 1],
+                *reference.chains_from_params(params, augmix.ops, b),
+                op=functools.partial(apply_op, backend=augmix.backend),
+            )
             for b in range(x.shape[0])
         ]
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("channels,all_ops", [(1, False), (3, True)])
-def test_batched_engine_equals_per_image_loop(channels: int, all_ops: bool, gray, rgb) -> None:
+def test_batched_engine_equals_per_image_loop(channels: int, all_ops: bool, gray, rgb, backend: str) -> None:
     _, x = gray if channels == 1 else rgb
     x = x[:10]
-    augmix = AugMix(all_ops=all_ops)
+    augmix = AugMix(all_ops=all_ops, backend=backend)
     out, params = augmix(x, generator=torch.Generator().manual_seed(5), return_params=True)
     ref = _per_image_reference(x, augmix, params)
     assert torch.allclose(out, ref, atol=2e-5), (out - ref).abs().max()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["solarize", "equalize", "rotate", "shear_y"])
-def test_width1_depth1_forced_op_is_that_op(name: str, rgb) -> None:
+def test_width1_depth1_forced_op_is_that_op(name: str, rgb, backend: str) -> None:
     images, x = rgb
-    augmix = AugMix(width=1, depth=1, ops=(name,))
+    augmix = AugMix(width=1, depth=1, ops=(name,), backend=backend)
     out, p = augmix(x, generator=torch.Generator().manual_seed(11), return_params=True)
     assert torch.all(p.ops == 0) and torch.all(p.depths == 1)
     assert torch.allclose(p.weights, torch.ones_like(p.weights))
     m = p.m.float().view(-1, 1, 1, 1)
-    op_out = apply_op(x, name, p.levels[0, 0], p.signs[0, 0])
+    op_out = apply_op(x, name, p.levels[0, 0], p.signs[0, 0], backend=backend)
     assert torch.allclose(out, (1 - m) * x + m * op_out, atol=1e-5)
     # With the skip weight forced to 1 the output is the chain, i.e. the op itself (PIL's).
     chain = augmix.apply(x, dataclasses.replace(p, m=torch.ones_like(p.m)))
@@ -293,6 +337,16 @@ def test_reused_scratch_buffers_do_not_leak_between_calls(rgb, gray) -> None:
     assert torch.equal(copy(x3, generator=torch.Generator().manual_seed(seed)), fresh[2])
 
 
+def test_outputs_can_go_into_a_training_step(rgb) -> None:
+    """The engine works in inference mode; its outputs must still be ordinary tensors for autograd."""
+    _, x = rgb
+    out = AugMix()(x, generator=torch.Generator().manual_seed(6))
+    assert not out.is_inference() and not apply_op(x, "rotate", 2.0, 1.0).is_inference()
+    weight = torch.randn(2, 3, 3, 3, requires_grad=True)
+    torch.nn.functional.conv2d(out, weight).square().mean().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
 def test_strided_and_half_inputs(rgb) -> None:
     _, x = rgb
     expected = AugMix()(x, generator=torch.Generator().manual_seed(2))
@@ -372,3 +426,73 @@ def test_the_reference_registry_names_the_engine_ops():
     from dc_pipeline.core.ml.augmix import reference
 
     assert tuple(reference.OPS) == OPS and tuple(reference.ALL_OPS) == ALL_OPS
+
+
+# --------------------------------------------------------------------------- the two backends
+
+
+def test_fused_op_keys_are_the_engines() -> None:
+    assert {name: getattr(fused, name.upper()) for name in ALL_OPS} == _KEY
+
+
+@pytest.mark.parametrize("channels,all_ops", [(1, False), (3, True)])
+def test_fused_and_torch_backends_agree(channels: int, all_ops: bool, gray, rgb) -> None:
+    """Same draws, same images: the backends differ by float rounding only.
+
+    An 8-bit op after a warp can round a value on a half level the other way; that
+    is one level for that pixel (more after equalize), so the bound is on how rare it is.
+    """
+    _, x = gray if channels == 1 else rgb
+    x = x.repeat(4, 1, 1, 1)
+    params = AugMix(all_ops=all_ops).sample_params(x.shape[0], torch.Generator().manual_seed(21))
+    eager = AugMix(all_ops=all_ops, backend="torch").apply(x, params)
+    compiled = AugMix(all_ops=all_ops, backend="fused").apply(x, params)
+    diff = (eager - compiled).abs() * 255
+    assert compiled.dtype == eager.dtype and compiled.shape == eager.shape
+    assert diff.mean().item() < 1e-3, diff.mean()
+    assert (diff > 1e-2).float().mean().item() < 1e-3, (diff > 1e-2).float().mean()
+
+
+def test_fused_results_do_not_depend_on_threads(rgb) -> None:
+    _, x = rgb
+    x = x.repeat(3, 1, 1, 1)
+    augmix = AugMix(backend="fused")
+    params = augmix.sample_params(x.shape[0], torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 5):
+            torch.set_num_threads(threads)
+            outs.append(augmix.apply(x, params))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_concurrent_callers_get_their_own_results(rgb, gray) -> None:
+    """Data loaders may call one engine from several threads at once."""
+    augmix = AugMix()
+    inputs = [rgb[1], gray[1], rgb[1].flip(-1), gray[1].flip(-2)]
+    expected = [augmix(x, generator=torch.Generator().manual_seed(i)) for i, x in enumerate(inputs)]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = augmix(inputs[i], generator=torch.Generator().manual_seed(i))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(results[i], expected[i]) for i in range(len(inputs)))
+
+
+def test_auto_backend_falls_back_for_one_pixel_lines() -> None:
+    x = torch.rand(3, 1, 1, 9)
+    out = AugMix()(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    with pytest.raises(ValueError, match="at least 2x2"):
+        AugMix(backend="fused")(x, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="backend"):
+        AugMix(backend="numpy")  # type: ignore[arg-type]

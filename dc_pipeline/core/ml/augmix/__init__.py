@@ -1,4 +1,4 @@
-"""AugMix: the batched engine (``engine``) and the readable per-image reference (``reference``)."""
+"""AugMix: the batched engine (``engine``, eager PyTorch, and ``fused``, its compiled CPU loop) and the readable per-image reference (``reference``)."""
 
 import importlib
 from typing import Any

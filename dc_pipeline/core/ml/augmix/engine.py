@@ -5,12 +5,12 @@ weights, as in the reference code (google-research/augmix), but the work is done
 for the whole batch at once. All ``width`` chains of all images are stacked;
 each chain step sorts them by op (one sort for all steps) and runs
 
-* the geometric ops (rotate, shear, translate) with per-image affine matrices:
-  one bilinear ``grid_sample`` for rotate and shear, one nearest ``grid_sample``
-  for the integer translations (where PIL's bilinear filter lands on pixel
-  centres, so nearest gives the same values, three times cheaper);
+* rotate and shear with per-image affine matrices, one bilinear ``grid_sample``;
+* translate_x and translate_y as copies of whole image rows or row windows
+  (PIL's bilinear filter lands on pixel centres there), one ``index_select``
+  each; rotations by 0 degrees and translations by 0 pixels are skipped;
 * autocontrast and equalize as per-image lookup tables built from per-image
-  min/max and histograms (``scatter_add_``), applied with one ``gather``;
+  min/max and histograms (``bincount``), applied with one ``index_select``;
 * posterize and solarize as exact float arithmetic on the 8-bit levels;
 * color, contrast, brightness and sharpness (``all_ops=True``) as blends.
 
@@ -32,19 +32,27 @@ Dirichlet and Beta weights are normalised Gamma variates, drawn from the
 generator by Marsaglia-Tsang rejection (``-log U`` for alpha = 1), because
 ``torch._standard_gamma`` and ``torch.distributions`` take no generator.
 
-Large scratch tensors are kept between calls, one set per ``AugMix`` instance and
-thread: fresh multi-megabyte allocations fault their pages in again on every
-batch, which cost about half of the CPU time.
+Two backends run the same ops and draws. ``torch`` (this module, eager PyTorch)
+works on any device; on the CPU it is bound by memory traffic (every op reads and
+writes whole images) and by the per-call cost of some 500 small tensor ops per
+batch, and it keeps its large scratch tensors between calls, one set per
+``AugMix`` instance and thread (fresh multi-megabyte allocations fault their
+pages in again on every batch). ``fused`` (``fused.py``, Numba) runs all chains
+of an image in one compiled loop that stays in the cache, on ``torch.get_num_threads()``
+threads; ``auto``, the default, takes it for CPU tensors. Both agree to float
+rounding: an 8-bit op after a warp may round a value that sits on a half level
+the other way, one level apart.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,10 +86,11 @@ ALL_OPS: tuple[str, ...] = OPS + ("color", "contrast", "brightness", "sharpness"
 """``OPS`` plus the four ops that overlap ImageNet-C (reference ``--all-ops``)."""
 
 # Internal op keys, grouped so that one sort of the keys puts the images of each
-# group (identity, lookup-table ops, geometric ops, enhance ops) next to each other.
+# group (identity, lookup-table ops, warps, translations, enhance ops) next to each other;
+# equalize opens the lookup-table group (its histograms are counted from the block's start).
 _ORDER: tuple[str, ...] = (
-    "autocontrast",
     "equalize",
+    "autocontrast",
     "posterize",
     "solarize",
     "rotate",
@@ -96,9 +105,11 @@ _ORDER: tuple[str, ...] = (
 )
 _KEY: dict[str, int] = {name: i + 1 for i, name in enumerate(_ORDER)}  # 0 = identity
 _N_KEYS = len(_ORDER) + 1
-_LUT_KEYS = range(_KEY["autocontrast"], _KEY["solarize"] + 1)
-_GEO_KEYS = range(_KEY["rotate"], _KEY["translate_y"] + 1)
+_LUT_KEYS = range(_KEY["equalize"], _KEY["solarize"] + 1)
+_WARP_KEYS = range(_KEY["rotate"], _KEY["shear_y"] + 1)
+_SHIFT_KEYS = range(_KEY["translate_x"], _KEY["translate_y"] + 1)
 _ENH_KEYS = range(_KEY["color"], _KEY["sharpness"] + 1)
+_GROUPS = (_LUT_KEYS, _WARP_KEYS, _SHIFT_KEYS, _ENH_KEYS)
 
 _GRAY = (0.299, 0.587, 0.114)  # PIL's ITU-R 601-2 luma weights (convert("L"))
 
@@ -165,14 +176,43 @@ def sample_dirichlet(
 # Magnitudes follow the reference: int_parameter(level, maxval) = int(level * maxval / 10),
 # float_parameter(level, maxval) = level * maxval / 10. They are computed in float64 on
 # the small per-image parameter vectors so that the integer cut-offs match Python's.
+# Rounding and trigonometric kernels (torch.floor, torch.cos, ...) go multi-threaded from
+# 2048 elements, which costs more than it saves on these vectors and stalls for a whole
+# time slice when another process holds a core; so integers come from truncating casts
+# and the rotation's cosines and sines from a table of whole degrees.
+
+_CACHE: dict[tuple[object, ...], Tensor] = {}
 
 
-def _int_parameter(level: Tensor, maxval: float) -> Tensor:
-    return torch.floor(level * maxval / 10.0)
+def _cached(key: tuple[object, ...], make: Callable[[], Tensor]) -> Tensor:
+    """A constant tensor, made on first use (index tables, base grids)."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _int_parameter(level: Tensor, maxval: float | Tensor) -> Tensor:
+    return (level * maxval / 10.0).long()  # truncates, as Python's int()
 
 
 def _float_parameter(level: Tensor, maxval: float) -> Tensor:
     return level * maxval / 10.0
+
+
+def _cos_sin_table(device: torch.device) -> Tensor:
+    """``[360, 2]`` float64: the cosine and sine of every whole degree."""
+
+    def table() -> Tensor:
+        radians = torch.deg2rad(torch.arange(360, dtype=torch.float64))
+        return torch.stack([torch.cos(radians), torch.sin(radians)], dim=1).to(device)
+
+    return _cached(("cos_sin", device), table)
+
+
+def _cos_sin(degrees: Tensor) -> tuple[Tensor, Tensor]:
+    """Cosines and sines (float64) of whole ``degrees`` (long), from a table of one turn."""
+    cos_sin = _cos_sin_table(degrees.device).index_select(0, degrees.remainder(360))
+    return cos_sin[:, 0], cos_sin[:, 1]
 
 
 @dataclass(frozen=True)
@@ -180,7 +220,8 @@ class _OpTables:
     """Per-application op parameters, flattened over (chain step, chain image)."""
 
     keys: Tensor  # [S] long, 0 = identity
-    theta: Tensor  # [S, 2, 3] grid_sample(align_corners=False) affine matrices
+    theta: Tensor  # [S, 2, 3] rotate / shear as grid_sample(align_corners=False) affine matrices
+    shift: Tensor  # [S] long translate_x / translate_y source offset in whole pixels
     step: Tensor  # [S] posterize quantisation step 2 ** (8 - bits)
     threshold: Tensor  # [S] solarize inverts values >= threshold
     factor: Tensor  # [S] enhance blend factor
@@ -190,22 +231,20 @@ def _op_tables(keys: Tensor, level: Tensor, sign: Tensor, height: int, width: in
     """Turn keys, levels (float64) and signs into the parameters every op needs."""
     level = level.double()
     sign = sign.double()
-    zero = torch.zeros_like(level)
     # PIL Image.AFFINE data (a, b, c, d, e, f): output pixel (x, y) samples input
-    # (a x + b y + c, d x + e y + f), pixel centres at i + 0.5.
+    # (a x + b y + c, d x + e y + f), pixel centres at i + 0.5; rotate turns about the centre.
     is_rot = keys == _KEY["rotate"]
-    angle = -torch.deg2rad(_int_parameter(level, 30.0) * sign)  # PIL rotates counter-clockwise
-    cos = torch.where(is_rot, torch.cos(angle), 1.0)
-    sin = torch.where(is_rot, torch.sin(angle), 0.0)
-    cx, cy = width / 2.0, height / 2.0
+    degrees = _int_parameter(level, 30.0) * sign.long()
+    cos, sin = _cos_sin(degrees)
+    sin = sin.neg_()  # PIL rotates counter-clockwise
+    cos = torch.where(is_rot, cos, 1.0)
+    sin = torch.where(is_rot, sin, 0.0)
     shear = _float_parameter(level, 0.3) * sign
-    tx = _int_parameter(level, width / 3.0) * sign
-    ty = _int_parameter(level, height / 3.0) * sign
     a, e = cos, cos
     b = torch.where(keys == _KEY["shear_x"], shear, sin)
     d = torch.where(keys == _KEY["shear_y"], shear, -sin)
-    c = torch.where(is_rot, -cos * cx - sin * cy + cx, torch.where(keys == _KEY["translate_x"], tx, zero))
-    f = torch.where(is_rot, sin * cx - cos * cy + cy, torch.where(keys == _KEY["translate_y"], ty, zero))
+    c = (1.0 - cos) * (width / 2.0) - sin * (height / 2.0)  # 0 for the shears
+    f = sin * (width / 2.0) + (1.0 - cos) * (height / 2.0)
     # Same map in grid_sample's normalised coords g = 2 p / size - 1.
     r_hw, r_wh = height / width, width / height
     theta = torch.stack(
@@ -219,13 +258,21 @@ def _op_tables(keys: Tensor, level: Tensor, sign: Tensor, height: int, width: in
         ],
         dim=-1,
     ).view(-1, 2, 3)
-    bits = (4.0 - _int_parameter(level, 4.0)).clamp(0, 8)
-    threshold = (256.0 - _int_parameter(level, 256.0)).clamp(0, 256)
+    # Beyond one image size a translation only leaves black, and the copy stays inside the buffer.
+    is_tx = keys == _KEY["translate_x"]
+    third = torch.where(is_tx, level.new_tensor(width / 3.0), level.new_tensor(height / 3.0))
+    shift = torch.minimum(_int_parameter(level, third), torch.where(is_tx, width, height)) * sign.long()
+    # Rotations by 0 degrees and translations by 0 pixels leave the image as it is: skip them.
+    is_shift = is_tx | (keys == _KEY["translate_y"])
+    keys = torch.where((is_rot & (degrees == 0)) | (is_shift & (shift == 0)), 0, keys)
+    bits = (4 - _int_parameter(level, 4.0)).clamp_(0, 8)
+    threshold = (256 - _int_parameter(level, 256.0)).clamp_(0, 256)
     factor = _float_parameter(level, 1.8) + 0.1
     return _OpTables(
         keys=keys,
         theta=theta.to(dtype),
-        step=torch.pow(2.0, 8.0 - bits).to(dtype),
+        shift=shift,
+        step=(1 << (8 - bits)).to(dtype),
         threshold=threshold.to(dtype),
         factor=factor.to(dtype),
     )
@@ -234,28 +281,20 @@ def _op_tables(keys: Tensor, level: Tensor, sign: Tensor, height: int, width: in
 # --------------------------------------------------------------------------- op groups
 # Inside the engine images are scaled to [0, 255], so the 8-bit ops only need to round.
 
-_COORDS: dict[tuple[object, ...], Tensor] = {}
 
+def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[3, H * W]``: normalised x, y (``(2 i + 1) / size - 1``) and 1 of every pixel centre."""
 
-def _pixel_centres(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Normalised coordinates ``(2 i + 1) / size - 1`` of the pixel centres along one axis."""
-    key = ("centres", size, dtype, device)
-    if key not in _COORDS:
-        _COORDS[key] = ((torch.arange(size, dtype=torch.float64) * 2 + 1) / size - 1).to(dtype=dtype, device=device)
-    return _COORDS[key]
-
-
-def _flat_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[2, H * W]``: normalised x and y of the pixel centres of a flattened image."""
-    key = ("flat", height, width, dtype, device)
-    if key not in _COORDS:
+    def grid() -> Tensor:
         gy, gx = torch.meshgrid(
-            _pixel_centres(height, torch.float64, torch.device("cpu")),
-            _pixel_centres(width, torch.float64, torch.device("cpu")),
+            (torch.arange(height, dtype=torch.float64) * 2 + 1) / height - 1,
+            (torch.arange(width, dtype=torch.float64) * 2 + 1) / width - 1,
             indexing="ij",
         )
-        _COORDS[key] = torch.stack([gx.reshape(-1), gy.reshape(-1)]).to(dtype=dtype, device=device)
-    return _COORDS[key]
+        ones = torch.ones(height * width, dtype=torch.float64)
+        return torch.stack([gx.reshape(-1), gy.reshape(-1), ones]).to(dtype=dtype, device=device)
+
+    return _cached(("base_grid", height, width, dtype, device), grid)
 
 
 class _Workspace:
@@ -273,66 +312,88 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
-def _geometric(xs: Tensor, theta: Tensor, n_bilinear: int, out: Tensor, ws: _Workspace) -> None:
-    """Per-image affine warps of a block (``theta`` in grid_sample coordinates), written to ``out``.
+def _warp(xs: Tensor, theta: Tensor, out: Tensor, ws: _Workspace) -> None:
+    """Rotate and shear: per-image bilinear affine warps (``theta`` in grid_sample coordinates).
 
-    The first ``n_bilinear`` images (rotate, shear) take one bilinear ``grid_sample``
-    with border clamping, then a mask zeroes every pixel whose source lies outside
-    the image, as PIL does. The rest are integer translations: there PIL's bilinear
-    filter samples exact pixel centres, so one nearest ``grid_sample`` with zero
-    padding gives the same values at a third of the cost, with no mask.
+    One bilinear ``grid_sample`` with border clamping (PIL clamps the neighbours inside
+    the image), then a mask zeroes every pixel whose source lies outside the image.
     """
     n, c, h, w = xs.shape
     dtype, dev = xs.dtype, xs.device
     planes = ws.take("planes", (n, 2, h, w), dtype, dev)  # source x and y of every output pixel
-    if w % 16 == 0:  # vector-aligned rows: broadcast sum of an [n, 2, 1, W] and an [n, 2, H, 1] term
-        t = theta.unsqueeze(-1).unsqueeze(-1)
-        gx = _pixel_centres(w, dtype, dev).view(1, 1, 1, w)
-        gy = _pixel_centres(h, dtype, dev).view(1, 1, h, 1)
-        torch.add(t[:, :, 0] * gx + t[:, :, 2], t[:, :, 1] * gy, out=planes)
-    else:  # otherwise over flattened images: t0 x + t2 + t1 y
-        gx, gy = _flat_grid(h, w, dtype, dev)
-        flat = planes.view(n, 2, h * w)
-        torch.mul(theta[:, :, 0:1], gx, out=flat).add_(theta[:, :, 2:3]).addcmul_(theta[:, :, 1:2], gy)
-    grid = planes.permute(0, 2, 3, 1)
-    # aten.grid_sampler_2d(input, grid, interpolation, padding, align_corners), the op behind
-    # F.grid_sample, with an out= variant: interpolation 0 bilinear / 1 nearest, padding 0 zeros / 1 border.
-    if n_bilinear < n:
-        torch.ops.aten.grid_sampler_2d.out(xs[n_bilinear:], grid[n_bilinear:], 1, 0, False, out=out[n_bilinear:])
-    if n_bilinear == 0:
-        return
-    k = n_bilinear
-    warped = ws.take("warped", (k, c, h, w), dtype, dev)
-    torch.ops.aten.grid_sampler_2d.out(xs[:k], grid[:k], 0, 1, False, out=warped)
-    # PIL samples with clamped neighbours inside [0, size) and fills 0 outside.
-    absolute = planes[:k].abs_()
-    inside = torch.maximum(absolute[:, 0], absolute[:, 1], out=ws.take("inside", (k, h, w), dtype, dev)).lt_(1.0)
-    torch.mul(warped, inside.unsqueeze(1), out=out[:k])
+    torch.mm(theta.reshape(2 * n, 3), _base_grid(h, w, dtype, dev), out=planes.view(2 * n, h * w))
+    # aten.grid_sampler_2d(input, grid, interpolation, padding, align_corners) is F.grid_sample
+    # without its checks: interpolation 0 = bilinear, padding 1 = border.
+    warped = torch.ops.aten.grid_sampler_2d(xs, planes.permute(0, 2, 3, 1), 0, 1, False)
+    absolute = planes.abs_()
+    inside = torch.maximum(absolute[:, 0], absolute[:, 1], out=ws.take("inside", (n, h, w), dtype, dev)).lt_(1.0)
+    torch.mul(warped, inside.unsqueeze(1), out=out)
+
+
+def _shift_table(size: int, device: torch.device) -> Tensor:
+    """``[2 size + 1, size]`` int64: row ``s + size`` maps ``i`` to ``i + s``, or to -2**40 outside [0, size)."""
+    moved = torch.arange(size, device=device) + torch.arange(-size, size + 1, device=device).view(-1, 1)
+    return torch.where((moved >= 0) & (moved < size), moved, -(2**40))
+
+
+def _translate(rows: Tensor, src: Tensor, shift: Tensor, n_x: int, out: Tensor) -> None:
+    """translate_x (the first ``n_x`` images) and translate_y by whole pixels, copied from ``rows``.
+
+    PIL's bilinear filter lands on pixel centres there, so a translation is a copy:
+    whole image rows (translate_y) or windows of the flattened rows (translate_x)
+    gathered straight from ``rows``, 0 where the source is outside the image.
+    ``rows[0]`` must be black and ``rows[-1]`` a spare image (windows may run into it).
+    """
+    _, c, h, w = rows.shape
+    dev = rows.device
+    if n_x > 0:
+        tx = shift[:n_x]
+        keep = _cached(("keep", w, rows.dtype, dev), lambda: (_shift_table(w, dev) >= 0).to(rows.dtype))
+        line = _cached(("line", c * h, w, dev), lambda: torch.arange(c * h, device=dev) * w)
+        starts = (src[:n_x] * (c * h * w) + tx).view(-1, 1) + line  # [n_x, C H]: start of each output row's window
+        flat = rows.view(-1)
+        windows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))  # windows[k] = flat[k : k + W]
+        torch.index_select(windows, 0, starts.view(-1), out=out[:n_x].view(-1, w))
+        out[:n_x].mul_(keep.index_select(0, tx + w).view(n_x, 1, 1, w))
+    if n_x < src.numel():
+        ty = shift[n_x:]
+        moved = _cached(("moved", h, dev), lambda: _shift_table(h, dev))
+        planes = _cached(("planes", c, h, dev), lambda: (torch.arange(c, device=dev) * h).view(1, c, 1))
+        source = (src[n_x:] * (c * h)).view(-1, 1, 1) + planes + moved.index_select(0, ty + h).unsqueeze(1)
+        # [n, C, H]: row of rows.view(-1, W) to copy, negative (then row 0, black) outside the image
+        torch.index_select(rows.view(-1, w), 0, source.clamp_(min=0).view(-1), out=out[n_x:].view(-1, w))
+
+
+def _ramp(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The identity table 0..255."""
+    return _cached(("ramp", dtype, device), lambda: torch.arange(256, dtype=dtype, device=device))
 
 
 def _lut_autocontrast(xs: Tensor, ramp: Tensor) -> Tensor:
-    """PIL ``ImageOps.autocontrast`` tables from the quantised images ``[n, C, HW]``."""
+    """PIL ``ImageOps.autocontrast`` tables from the quantised images ``[n, C, HW]``.
+
+    PIL computes ``int(v * scale + offset)`` in double precision, which lands one below
+    the exact quotient for some (lo, hi, v); the tables repeat its arithmetic.
+    """
     lo = xs.amin(dim=-1, keepdim=True).double()
     hi = xs.amax(dim=-1, keepdim=True).double()
     # tensor / tensor: ``255.0 / t`` is computed as ``255.0 * (1 / t)`` and can miss PIL's LUT by one
-    scale = torch.full_like(lo, 255.0) / (hi - lo).clamp(min=1.0)
-    lut = torch.floor(ramp.double() * scale - lo * scale).clamp_(0.0, 255.0)
-    return torch.where(hi > lo, lut, ramp.double())
+    scale = torch.full_like(lo, 255.0) / (hi - lo).clamp_(min=1.0)
+    lut = (_ramp(torch.float64, xs.device) * scale).sub_(lo * scale).floor_().clamp_(0.0, 255.0)
+    return torch.lerp(ramp, lut.to(ramp.dtype), (hi > lo).to(ramp.dtype))  # identity for flat channels
 
 
-def _lut_equalize(q: Tensor, top: Tensor, ramp: Tensor) -> Tensor:
-    """PIL ``ImageOps.equalize`` tables from the quantised images ``q`` ``[n, C, HW]`` (long).
+def _lut_equalize(hist: Tensor, ramp: Tensor) -> Tensor:
+    """PIL ``ImageOps.equalize`` tables from per-image histograms ``[n, C, 256]`` (float).
 
     The integer divisions of PIL are ``floor`` of float divisions: all values are small
     integers, so the quotients are exact or at least ``1 / divisor`` from the next integer.
     """
-    n, c, hw = q.shape
-    hist = torch.zeros(n, c, 256, dtype=ramp.dtype, device=q.device)
-    hist.scatter_add_(2, q, torch.ones(1, 1, 1, dtype=ramp.dtype, device=q.device).expand(n, c, hw))
-    step = ((hw - hist.gather(2, top.long())) / 255.0).floor_()  # (pixels - pixels at the top) // 255
-    below = hist.cumsum(dim=2).sub_(hist)
+    below = hist.cumsum(dim=2).sub_(hist)  # pixels below each level
+    # (pixels - pixels at the top level) // 255; below the top level are the most pixels below any level used
+    step = (below * hist.clamp(max=1.0)).amax(dim=2, keepdim=True).div_(255.0).floor_()
     lut = below.add_((step / 2.0).floor_()).div_(step.clamp(min=1.0)).floor_().clamp_(max=255.0)
-    return torch.where(step > 0, lut, ramp)
+    return torch.lerp(ramp, lut, (step > 0).to(ramp.dtype))  # identity where step is 0
 
 
 def _eight_bit(
@@ -340,37 +401,40 @@ def _eight_bit(
 ) -> None:
     """The 8-bit ops of a block on ``round(xs)`` (``xs`` is scratch, rounded in place).
 
-    Autocontrast and equalize build per-image lookup tables from min/max and histograms
-    and apply them with one ``gather``; posterize and solarize are exact float arithmetic
-    on the integer levels (cheaper than the int64 indices a ``gather`` needs).
+    Posterize and solarize are exact float arithmetic on the integer levels.
+    Autocontrast and equalize build per-image lookup tables from min/max and
+    histograms and apply them with one ``index_select``: an int32 index
+    ``level + 256 (image, channel)`` into the stacked tables serves both the
+    histograms (``bincount``) and the lookup, cheaper than ``scatter_add_`` and
+    ``gather``, which need int64.
     """
     n, c, h, w = xs.shape
-    dtype, dev = xs.dtype, xs.device
     xq = torch.round(xs, out=xs)
-    flat_q, flat_out = xq.view(n, c, h * w), out.view(n, c, h * w)
-    n_lut = 0
-    for key, s, e in spans:
-        if key == _KEY["posterize"]:  # PIL: v & ~(step - 1) = floor(v / step) * step
-            st = step[s:e].view(-1, 1, 1, 1)
-            torch.mul(xq[s:e], 1.0 / st, out=out[s:e]).floor_().mul_(st)
-        elif key == _KEY["solarize"]:  # PIL: v if v < threshold else 255 - v, as v + [v >= t] (255 - 2 v)
-            at_or_above = torch.sub(xq[s:e], threshold[s:e].view(-1, 1, 1, 1) - 1.0, out=out[s:e]).clamp_(0.0, 1.0)
-            flipped = torch.mul(xq[s:e], -2.0, out=ws.take("flipped", (e - s, c, h, w), dtype, dev)).add_(255.0)
-            torch.addcmul(xq[s:e], at_or_above, flipped, out=out[s:e])
-        else:
-            n_lut = e
+    span = {key: (s, e) for key, s, e in spans}
+    if _KEY["posterize"] in span:  # PIL: v & ~(step - 1) = floor(v / step) * step
+        s, e = span[_KEY["posterize"]]
+        st = step[s:e].view(-1, 1, 1, 1)
+        torch.mul(xq[s:e], 1.0 / st, out=out[s:e]).floor_().mul_(st)
+    if _KEY["solarize"] in span:  # PIL: v if v < t else 255 - v, as 127.5 + sign(t - 1/2 - v) (v - 127.5)
+        s, e = span[_KEY["solarize"]]
+        centred = xq[s:e].sub_(127.5)
+        torch.sub(threshold[s:e].view(-1, 1, 1, 1) - 128.0, centred, out=out[s:e]).sign_()
+        out[s:e].mul_(centred).add_(127.5)
+    n_eq = span.get(_KEY["equalize"], (0, 0))[1]  # equalize, then autocontrast, open the block
+    n_lut = span.get(_KEY["autocontrast"], (n_eq, n_eq))[1]
     if n_lut == 0:
         return
-    q = ws.take("q", (n_lut, c, h * w), torch.long, dev)
-    q.copy_(flat_q[:n_lut])
-    ramp = torch.arange(256, dtype=dtype, device=dev)
-    luts = ws.take("luts", (n_lut, c, 256), dtype, dev)
-    for key, s, e in spans:
-        if key == _KEY["autocontrast"]:
-            luts[s:e] = _lut_autocontrast(flat_q[s:e], ramp)
-        elif key == _KEY["equalize"]:
-            luts[s:e] = _lut_equalize(q[s:e], flat_q[s:e].amax(dim=-1, keepdim=True), ramp)
-    torch.gather(luts, 2, q, out=flat_out[:n_lut])
+    flat_q = xq[:n_lut].view(n_lut, c, h * w)
+    index = ws.take("index", flat_q.shape, torch.int32, xs.device).copy_(flat_q)
+    index += torch.arange(0, n_lut * c * 256, 256, dtype=torch.int32, device=xs.device).view(n_lut, c, 1)
+    ramp = _ramp(xs.dtype, xs.device)
+    luts = []
+    if n_eq > 0:
+        hist = torch.bincount(index[:n_eq].view(-1), minlength=n_eq * c * 256).view(n_eq, c, 256)
+        luts.append(_lut_equalize(hist.to(xs.dtype), ramp))
+    if n_lut > n_eq:
+        luts.append(_lut_autocontrast(flat_q[n_eq:], ramp))
+    torch.index_select(torch.cat(luts).view(-1), 0, index.view(-1), out=out[:n_lut].view(-1))
 
 
 def _blend(degenerate: Tensor, xs: Tensor, factor: Tensor) -> Tensor:
@@ -408,30 +472,34 @@ def _run_chains(clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, w
     """Run ``n = start.numel()`` chains of ``n_steps`` steps; chain ``j`` starts from image ``start[j]``.
 
     ``clean`` is ``[B, C, H, W]`` in [0, 1] (clamped); ``tables`` is flattened over (step, chain).
-    Returns ``(rows, loc)``: ``rows`` ``[B + n_steps * n, C, H, W]`` in 0..255 holds the
-    clean images and then one section per step, and ``loc[j]`` is the row holding the
-    end of chain ``j``. ``rows`` lives in ``ws``.
+    Returns ``(rows, loc)``: ``rows`` ``[B + 2 + n_steps * (n + 1), C, H, W]`` in 0..255
+    holds a black image, the clean images and then one section of ``n`` images per step,
+    each of these followed by a spare image (translate_x reads past its source rows);
+    ``loc[j]`` is the row holding the end of chain ``j``. ``rows`` lives in ``ws``.
 
     Every step sorts its chains by op (one sort for all steps) and writes each op
     group into a contiguous slice of its own section, so a step only gathers its
     inputs (``index_select``); finished chains are never copied.
     """
     b, n = clean.shape[0], start.numel()
+    image = tuple(clean.shape[1:])
     dtype, dev = clean.dtype, clean.device
     step_of = torch.arange(n_steps, device=dev).repeat_interleave(n)
     composite = tables.keys + _N_KEYS * step_of
     counts = torch.bincount(composite, minlength=_N_KEYS * n_steps).tolist()
     order = torch.argsort(composite, stable=True)
-    theta, step, threshold, factor = (
-        t.index_select(0, order) for t in (tables.theta, tables.step, tables.threshold, tables.factor)
+    theta, shift, step, threshold, factor = (
+        t.index_select(0, order) for t in (tables.theta, tables.shift, tables.step, tables.threshold, tables.factor)
     )
     chain = order - step_of * n  # chain handled at each sorted position
     starts = [0]
     for cnt in counts:
         starts.append(starts[-1] + cnt)
-    rows = ws.take("rows", (b + n_steps * n,) + tuple(clean.shape[1:]), dtype, dev)
-    torch.mul(clean, 255.0, out=rows[:b]).clamp_(0.0, 255.0)
-    loc = start.clone()
+    rows = ws.take("rows", (b + 2 + n_steps * (n + 1), *image), dtype, dev)
+    rows[0].zero_()
+    rows[b + 1 :: n + 1].zero_()  # the spares (translate_x multiplies what it reads there by 0)
+    torch.mul(clean, 255.0, out=rows[1 : b + 1]).clamp_(0.0, 255.0)
+    loc = start + 1
     for d in range(n_steps):
         base = d * _N_KEYS
         first = starts[base + 1]  # first active sorted position of step d
@@ -440,16 +508,22 @@ def _run_chains(clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, w
             continue
         active = chain[first:last]
         src = loc.index_select(0, active)
-        offset = b + d * n - first  # sorted position p -> row p + offset
-        for group in (_LUT_KEYS, _GEO_KEYS, _ENH_KEYS):
+        section = b + 2 + d * (n + 1)  # rows before it hold every input of step d
+        offset = section - first  # sorted position p -> row p + offset
+        for group in _GROUPS:
             lo, hi = starts[base + group.start], starts[base + group.stop]
             if hi == lo:
                 continue
-            xs = ws.take("xs", (hi - lo,) + tuple(clean.shape[1:]), dtype, dev)
-            torch.index_select(rows, 0, src[lo - first : hi - first], out=xs)
             out = rows[lo + offset : hi + offset]
-            if group is _GEO_KEYS:
-                _geometric(xs, theta[lo:hi], starts[base + _KEY["translate_x"]] - lo, out, ws)
+            inputs = src[lo - first : hi - first]
+            if group is _SHIFT_KEYS:
+                n_x = starts[base + _KEY["translate_y"]] - lo
+                _translate(rows[:section], inputs, shift[lo:hi], n_x, out)
+                continue
+            xs = ws.take("xs", (hi - lo, *image), dtype, dev)
+            torch.index_select(rows, 0, inputs, out=xs)
+            if group is _WARP_KEYS:
+                _warp(xs, theta[lo:hi], out, ws)
                 continue
             spans = [(k, starts[base + k] - lo, starts[base + k + 1] - lo) for k in group if counts[base + k]]
             if group is _LUT_KEYS:
@@ -459,6 +533,52 @@ def _run_chains(clean: Tensor, start: Tensor, tables: _OpTables, n_steps: int, w
                     out[s:e] = _enhance(k, xs[s:e], factor[lo + s : lo + e])
         loc.index_copy_(0, active, torch.arange(first + offset, last + offset, device=dev))
     return rows, loc
+
+
+Backend = Literal["auto", "torch", "fused"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "fused")
+
+
+def _use_fused(backend: str, x: Tensor) -> bool:
+    """Whether ``x`` goes through the compiled per-image loop (``fused``) or eager PyTorch.
+
+    ``auto`` picks the loop for CPU tensors of at least 2x2 pixels when Numba is installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    from dc_pipeline.core.ml.augmix import fused
+
+    usable = x.device.type == "cpu" and x.shape[2] >= 2 and x.shape[3] >= 2
+    if backend == "fused" and not (usable and fused.available()):
+        raise ValueError(
+            f"backend='fused' needs Numba and CPU images of at least 2x2 pixels, got {x.device.type} {tuple(x.shape)}"
+        )
+    return usable and fused.available()
+
+
+def _fused_apply(x: Tensor, keys: Tensor, params: AugMixParams) -> Tensor:
+    """AugMix of ``x`` (CPU) by the compiled per-image loop; ``keys`` maps op indices to op keys."""
+    from dc_pipeline.core.ml.augmix import fused
+
+    def array(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+        return t.detach().to(dtype).contiguous().numpy()
+
+    dtype = _work_dtype(x)
+    out = fused.augment_and_mix(
+        array(x, dtype),
+        array(keys, torch.int64),
+        array(params.ops, torch.int64),
+        array(params.levels, torch.float64),
+        array(params.signs, torch.float64),
+        array(params.depths, torch.int64),
+        array(params.weights, torch.float64),
+        array(params.m, torch.float64),
+        _cos_sin_table(torch.device("cpu")).numpy(),
+        threads=torch.get_num_threads(),
+    )
+    return torch.from_numpy(out).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- public API
@@ -481,13 +601,14 @@ def apply_op(
     level: Tensor | float,
     sign: Tensor | float | None = None,
     generator: torch.Generator | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     """Apply the op ``name`` to every image of ``x`` with per-image ``level`` ``[B]``.
 
     ``level`` is the reference's severity level in [0.1, severity] (a float or a
     ``[B]`` tensor); ``sign`` (+1/-1 per image) sets the direction of rotate, shear
     and translate and is drawn from ``generator`` (1/2 each) when not given.
-    Uses the same code path as ``AugMix``.
+    Uses the same code path as ``AugMix`` with the same ``backend``.
     """
     _check_images(x)
     if name not in _KEY:
@@ -502,8 +623,20 @@ def apply_op(
         sign_t = torch.as_tensor(sign, dtype=torch.float64).to(x.device).expand(b)
     keys = torch.full((b,), _KEY[name], dtype=torch.long, device=x.device)
     start = torch.arange(b, device=x.device)
-    tables = _op_tables(keys, level_t, sign_t, h, w, dtype)
-    rows, loc = _run_chains(x.to(dtype), start, tables, 1, _Workspace())
+    if _use_fused(backend, x):  # one chain of one step, weight 1, skip weight m = 1
+        ones = torch.ones(b, dtype=torch.float64)
+        one_op = AugMixParams(
+            ops=torch.zeros(1, 1, b, dtype=torch.long),
+            levels=level_t.cpu().view(1, 1, b),
+            signs=sign_t.cpu().view(1, 1, b),
+            depths=torch.ones(1, b, dtype=torch.long),
+            weights=ones.view(b, 1),
+            m=ones,
+        )
+        return _fused_apply(x, torch.tensor([_KEY[name]]), one_op)
+    with torch.inference_mode():
+        tables = _op_tables(keys, level_t, sign_t, h, w, dtype)
+        rows, loc = _run_chains(x.to(dtype), start, tables, 1, _Workspace())
     return rows.index_select(0, loc).div_(255.0).to(x.dtype)
 
 
@@ -530,7 +663,8 @@ class AugMix:
 
     Defaults are the paper's (severity 3, width 3, depth -1 = uniform in 1..3,
     alpha 1, the nine ``OPS``). ``all_ops=True`` adds color, contrast,
-    brightness and sharpness; ``ops=`` forces an explicit op set.
+    brightness and sharpness; ``ops=`` forces an explicit op set. ``backend``
+    picks the implementation (``auto``: ``fused`` on the CPU, ``torch`` elsewhere).
     """
 
     def __init__(
@@ -541,6 +675,7 @@ class AugMix:
         alpha: float = 1.0,
         all_ops: bool = False,
         ops: Sequence[str] | None = None,
+        backend: Backend = "auto",
     ) -> None:
         if not 0.1 <= severity <= 10:
             raise ValueError(f"severity must be in [0.1, 10], got {severity}")
@@ -558,6 +693,9 @@ class AugMix:
         self.depth = int(depth)
         self.alpha = float(alpha)
         self.ops: tuple[str, ...] = chosen
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.max_depth = 3 if self.depth == -1 else self.depth
         self._keys = torch.tensor([_KEY[o] for o in chosen], dtype=torch.long)
         self._local = threading.local()
@@ -624,6 +762,8 @@ class AugMix:
                 f"params drawn for ops {tuple(params.ops.shape)}, weights {tuple(params.weights.shape)}; "
                 f"this AugMix and batch need ops {(depth, k, b)}, weights {(b, k)}"
             )
+        if _use_fused(self.backend, x):
+            return _fused_apply(x, self._keys, params)
         dtype, dev = _work_dtype(x), x.device
         # Applications in (step, image, chain) order; chain j = b * k + i starts from image b.
         start = torch.arange(b, device=dev).repeat_interleave(k)
@@ -632,10 +772,12 @@ class AugMix:
         keys = torch.where(active, self._keys.to(dev)[ops], 0).view(-1)
         levels = params.levels.to(dev).permute(0, 2, 1).reshape(-1)
         signs = params.signs.to(dev).permute(0, 2, 1).reshape(-1)
-        tables = _op_tables(keys, levels, signs, h, w, dtype)
-        rows, loc = _run_chains(x.to(dtype), start, tables, depth, self._workspace())
-        # out = (1 - m) x + m sum_i w_i chain_i: a weighted gather-sum of k + 1 rows per image.
-        picks = torch.cat([torch.arange(b, device=dev).unsqueeze(1), loc.view(b, k)], dim=1)
+        with torch.inference_mode():  # no autograd bookkeeping on some 500 ops
+            tables = _op_tables(keys, levels, signs, h, w, dtype)
+            rows, loc = _run_chains(x.to(dtype), start, tables, depth, self._workspace())
+        # out = (1 - m) x + m sum_i w_i chain_i: a weighted gather-sum of k + 1 rows per image,
+        # outside inference mode, so that the result can go on into a training step.
+        picks = torch.cat([torch.arange(1, b + 1, device=dev).unsqueeze(1), loc.view(b, k)], dim=1)
         m = params.m.to(dev).unsqueeze(1)
         coef = torch.cat([1.0 - m, m * params.weights.to(dev)], dim=1).div_(255.0).to(dtype)
         out = F.embedding_bag(picks, rows.view(rows.shape[0], -1), per_sample_weights=coef, mode="sum")

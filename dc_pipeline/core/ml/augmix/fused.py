@@ -73,52 +73,58 @@ def _compile() -> Callable[..., None]:
         for k in range(c_n * plane):
             levels[k] = np.int32(np.rint(s[k]))
         for c in range(c_n):
-            # four interleaved histograms: runs of one level would otherwise wait on their own stores
-            hist[:] = 0
             base = c * plane
-            quads = plane // 4
-            for k in range(quads):
-                q = base + 4 * k
-                hist[0, levels[q]] += 1
-                hist[1, levels[q + 1]] += 1
-                hist[2, levels[q + 2]] += 1
-                hist[3, levels[q + 3]] += 1
-            for k in range(base + 4 * quads, base + plane):
-                hist[0, levels[k]] += 1
-            for v in range(256):
-                hist[0, v] += hist[1, v] + hist[2, v] + hist[3, v]
-            if key == EQUALIZE:  # PIL: step = (pixels - pixels at the top level used) // 255
-                top = 0
-                for v in range(256):
-                    if hist[0, v] > 0:
-                        top = hist[0, v]
-                step = (plane - top) // 255
-                if step == 0:
-                    for v in range(256):
-                        lut[v] = v
-                else:
-                    # (below + step // 2) // step, as a float division: exact for these integers
-                    below = np.float64(step // 2)
-                    divisor = np.float64(step)
-                    for v in range(256):
-                        lut[v] = min(math.floor(below / divisor), 255.0)
-                        below += hist[0, v]
-            else:  # AUTOCONTRAST: PIL: int(v * scale - lo * scale), clipped
-                lo, hi = 255, 0
-                for v in range(256):
-                    if hist[0, v] > 0:
-                        lo = min(lo, v)
-                        hi = max(hi, v)
-                if hi > lo:
-                    scale = 255.0 / (hi - lo)
-                    offset = lo * scale
-                    for v in range(256):
-                        lut[v] = min(max(math.floor(v * scale - offset), 0.0), 255.0)
-                else:
-                    for v in range(256):
-                        lut[v] = v
+            if key == EQUALIZE:
+                equalize_lut(levels[base : base + plane], hist, lut)
+            else:
+                autocontrast_lut(levels[base : base + plane], lut)
             for k in range(base, base + plane):
                 o[k] = lut[levels[k]]
+
+    @njit
+    def equalize_lut(levels, hist, lut):  # pragma: no cover - compiled
+        """PIL's equalize table for one channel's 8-bit levels."""
+        # four interleaved histograms: runs of one level would otherwise wait on their own stores
+        hist[:] = 0
+        n = levels.size
+        quads = n // 4
+        for k in range(quads):
+            hist[0, levels[4 * k]] += 1
+            hist[1, levels[4 * k + 1]] += 1
+            hist[2, levels[4 * k + 2]] += 1
+            hist[3, levels[4 * k + 3]] += 1
+        for k in range(4 * quads, n):
+            hist[0, levels[k]] += 1
+        top = 0  # pixels at the top level used
+        for v in range(256):
+            hist[0, v] += hist[1, v] + hist[2, v] + hist[3, v]
+            if hist[0, v] > 0:
+                top = hist[0, v]
+        step = (n - top) // 255  # PIL: (pixels - pixels at the top level used) // 255
+        if step == 0:
+            for v in range(256):
+                lut[v] = v
+            return
+        # PIL: (below + step // 2) // step, as a float division: exact for these integers
+        below = np.float64(step // 2)
+        divisor = np.float64(step)
+        for v in range(256):
+            lut[v] = min(math.floor(below / divisor), 255.0)
+            below += hist[0, v]
+
+    @njit
+    def autocontrast_lut(levels, lut):  # pragma: no cover - compiled
+        """PIL's autocontrast table (cutoff 0) for one channel's 8-bit levels: int(v * scale - lo * scale), clipped."""
+        lo = levels.min()
+        hi = levels.max()
+        if hi <= lo:
+            for v in range(256):
+                lut[v] = v
+            return
+        scale = 255.0 / (hi - lo)
+        offset = lo * scale
+        for v in range(256):
+            lut[v] = min(max(math.floor(v * scale - offset), 0.0), 255.0)
 
     @njit
     def rotate(src, dst, a, b, cc, d, e, f, corner, weights):  # pragma: no cover - compiled
@@ -126,10 +132,12 @@ def _compile() -> Callable[..., None]:
         c_n, h, w = src.shape
         plane = h * w
         for y in range(h):
+            row_x = b * (y + 0.5) + cc + 0.5 * a  # source of the row's pixel centres: row + x (a, d)
+            row_y = e * (y + 0.5) + f + 0.5 * d
             for x in range(w):
                 k = y * w + x
-                sx = a * (x + 0.5) + b * (y + 0.5) + cc
-                sy = d * (x + 0.5) + e * (y + 0.5) + f
+                sx = row_x + a * x
+                sy = row_y + d * x
                 inside = 1.0 if (sx > 0.0) & (sx < w) & (sy > 0.0) & (sy < h) else 0.0
                 ix = min(max(sx - 0.5, 0.0), w - 1.0)
                 iy = min(max(sy - 0.5, 0.0), h - 1.0)

@@ -109,10 +109,22 @@ def cmd_migrate(args, s: Settings) -> int:
     return 0
 
 
+SECRET_SETTINGS = ("serve_tokens",)
+
+
 def cmd_settings(args, s: Settings) -> int:
     for name in Settings.model_fields:
-        print(f"DC_{name.upper()}={getattr(s, name) if getattr(s, name) is not None else ''}")
+        value = getattr(s, name)
+        shown = "" if value is None else "(set, not shown)" if name in SECRET_SETTINGS else value
+        print(f"DC_{name.upper()}={shown}")
     print(f"# warehouse: {s.warehouse_location}")
+    return 0
+
+
+def cmd_serve(args, s: Settings) -> int:
+    from dc_pipeline.serving.app import serve
+
+    serve(s, host=args.host, port=args.port)
     return 0
 
 
@@ -254,6 +266,11 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print the resolved settings (exported variables over .env)")
     p.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("serve", help="the scoring service: HTTP predictions from the champion (and an A/B arm)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("ui", help="serve the Dagster UI and daemon (sensors, schedules) with these settings")
     p.add_argument("--host", default="127.0.0.1")

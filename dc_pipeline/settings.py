@@ -84,6 +84,45 @@ class Settings(BaseSettings):
         "(DC_ACCELERATOR_QUEUE). Start the GPU machines' workers on it.",
     )
 
+    serve_tokens: str | None = Field(
+        default=None,
+        repr=False,
+        description="Who may call the scoring service (DC_SERVE_TOKENS): comma-separated caller=token pairs; "
+        "the service refuses to start without one. The caller's name goes into the prediction log.",
+    )
+    serve_ab_mode: str = Field(
+        default="off",
+        description="The scoring service's A/B harness (DC_SERVE_AB_MODE): off (the champion answers), split "
+        "(the challenger answers DC_SERVE_CHALLENGER_SHARE of the callers) or shadow (the challenger scores too).",
+    )
+    serve_challenger_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of callers the challenger answers in split mode."
+    )
+    serve_max_batch: int = Field(
+        default=64, ge=1, description="Most requests scored in one forward pass (DC_SERVE_MAX_BATCH; 1: no batching)."
+    )
+    serve_max_wait_ms: float = Field(
+        default=2.0, ge=0.0, description="How long a request waits for others to join its batch (DC_SERVE_MAX_WAIT_MS)."
+    )
+    serve_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="How often the service checks whether an alias moved (DC_SERVE_REFRESH_SECONDS).",
+    )
+
+    @property
+    def serve_token_map(self) -> dict[str, str]:
+        """token -> caller name, from ``serve_tokens``."""
+        tokens: dict[str, str] = {}
+        for pair in (self.serve_tokens or "").split(","):
+            if not pair.strip():
+                continue
+            caller, sep, token = pair.strip().partition("=")
+            if not sep or not caller.strip() or len(token.strip()) < 16:
+                raise ValueError("DC_SERVE_TOKENS: expected caller=token pairs with tokens of at least 16 characters")
+            tokens[token.strip()] = caller.strip()
+        return tokens
+
     @property
     def warehouse_location(self) -> str:
         """What the warehouse resource opens: the PostgreSQL URL, else the DuckDB file."""

@@ -1,0 +1,88 @@
+"""Every prediction the service makes, written as Parquet files the pipeline can ingest.
+
+Rows are buffered and written every ``flush_rows`` rows or ``flush_seconds`` (and on shutdown) as one
+file, whole or not at all (a temporary name renamed into place), named so that files sort by time:
+``predictions-<UTC time>-<process id>-<sequence>.parquet``. A crash loses at most the rows not flushed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from pathlib import Path
+
+PREDICTION_SCHEMA = {
+    "request_id": "string",
+    "received_at": "timestamp[us, UTC]",
+    "caller": "string",
+    "arm": "string",  # champion or challenger
+    "answered": "bool",  # False: scored in shadow, not returned
+    "model_version": "string",
+    "predicted_class": "int64",
+    "confidence": "double",
+    "routing": "string",  # auto_accept or review
+    "threshold": "double",
+    "latency_ms": "double",
+    "batch_size": "int64",
+    "image_sha256": "string",  # of the request's image bytes (a JSON array: of its PNG encoding)
+}
+
+
+class PredictionLog:
+    """Buffered, append-only prediction log under ``folder``."""
+
+    def __init__(self, folder: Path, flush_rows: int = 1000, flush_seconds: float = 5.0) -> None:
+        self.folder = Path(folder)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._rows: list[dict] = []
+        self._sequence = 0
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def append(self, row: dict) -> None:
+        with self._lock:
+            self._rows.append(row)
+            due = len(self._rows) >= self.flush_rows
+        if due:
+            self.flush()
+
+    def flush_if_due(self) -> Path | None:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            return self.flush()
+        return None
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one file; returns it (None when there was nothing to write)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from dc_pipeline.core.atomic import temporary
+
+        with self._lock:
+            rows, self._rows = self._rows, []
+            self._last_flush = time.monotonic()
+            if not rows:
+                return None
+            self._sequence += 1
+            sequence = self._sequence
+        schema = pa.schema([(name, _arrow_type(kind)) for name, kind in PREDICTION_SCHEMA.items()])
+        table = pa.Table.from_pylist([{name: row.get(name) for name in PREDICTION_SCHEMA} for row in rows], schema)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.folder / f"predictions-{stamp}-{os.getpid()}-{sequence:06d}.parquet"
+        tmp = temporary(target)
+        pq.write_table(table, tmp)
+        tmp.replace(target)
+        return target
+
+
+def _arrow_type(kind: str):
+    import pyarrow as pa
+
+    if kind.startswith("timestamp"):
+        unit, tz = kind.removeprefix("timestamp[").removesuffix("]").split(", ")
+        return pa.timestamp(unit, tz)
+    return pa.type_for_alias(kind)

@@ -1,0 +1,256 @@
+"""The scoring service end to end: real HTTP on 127.0.0.1, a real registry in a DuckDB warehouse, real weights."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dc_pipeline.api import load_model
+from dc_pipeline.core.ml.registry import Registry
+from dc_pipeline.core.ml.training import build_model
+from dc_pipeline.core.serving.ab import ABPolicy
+from dc_pipeline.core.serving.prediction_log import PredictionLog
+from dc_pipeline.core.serving.requests import BadRequest, RequestLimits, decode_request
+from dc_pipeline.ops.cluster import free_port
+from dc_pipeline.serving.app import PREDICTIONS_FOLDER, ServiceConfig, create_app, registry_follower
+from dc_pipeline.settings import Settings
+from dc_pipeline.warehouse.connect import connect
+
+TOKEN = "t" * 24
+SPEC = {"in_channels": 1, "n_classes": 10, "width": 4, "depth": 2, "input_size": 28, "classes": list(range(10))}
+
+
+def register(data: Path, seed: int, alias: str | None, threshold: float = 0.5) -> str:
+    torch.manual_seed(seed)
+    network = build_model({k: SPEC[k] for k in ("in_channels", "n_classes", "width", "depth", "input_size")})
+    with connect(data / "warehouse.duckdb", data) as conn:
+        registry = Registry(conn, data / "artifacts")
+        version, _ = registry.register(
+            "augmix",
+            network.state_dict(),
+            dataset_hash="d" * 64,
+            code={"commit": "abc", "dirty": False, "label": "abc"},
+            config={},
+            seed=seed,
+            model_spec=SPEC,
+            run_id=None,
+        )
+        registry.set_metrics(version, {"automation_threshold": threshold})
+        if alias:
+            registry.set_alias(alias, version, "test")
+    return version
+
+
+class Service:
+    """The app under uvicorn in a thread, on a free port."""
+
+    def __init__(self, data: Path, ab: ABPolicy, max_batch: int = 64, max_wait_seconds: float = 0.005) -> None:
+        import uvicorn
+
+        settings = Settings(data_dir=data)
+        self.data = data
+        self.log = PredictionLog(data.joinpath(*PREDICTIONS_FOLDER), flush_rows=10_000, flush_seconds=3600)
+        config = ServiceConfig(
+            tokens={TOKEN: "tester"}, ab=ab, max_batch=max_batch, max_wait_seconds=max_wait_seconds, refresh_seconds=0.2
+        )
+        self.app = create_app(config, registry_follower(settings), self.log)
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Service:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the service did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def call(self, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=body,
+            headers=headers or {},
+            method="GET" if body is None else "POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def predict(self, body: bytes, content_type: str = "image/png", token: str = TOKEN, key: str | None = None):
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+        if key:
+            headers["X-Caller-Key"] = key
+        return self.call("/v1/predict", body, headers)
+
+    def predictions(self) -> pd.DataFrame:
+        self.log.flush()
+        files = sorted(self.data.joinpath(*PREDICTIONS_FOLDER).glob("*.parquet"))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def digits() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return np.round(load_digits().images[:40] * 255 / 16).astype(np.uint8)
+
+
+def test_predictions_are_the_registry_models_and_every_one_is_logged(tmp_path, digits) -> None:
+    champion = register(tmp_path, 1, "champion", threshold=0.1)
+    with Service(tmp_path, ABPolicy("off")) as service:
+        assert service.call("/healthz") == (200, {"status": "ok"})
+        status, ready = service.call("/readyz")
+        assert status == 200 and ready["serving"] == {"champion": champion}
+        expected = load_model(champion, data_dir=tmp_path).predict_proba(digits[:5])
+        for i in range(5):
+            status, answer = service.predict(png(digits[i]))
+            assert status == 200, answer
+            assert answer["model_version"] == champion and answer["arm"] == "champion"
+            probs = np.array([answer["probabilities"][str(c)] for c in range(10)])
+            np.testing.assert_allclose(probs, expected[i], atol=1e-5)
+            assert answer["class"] == int(np.argmax(expected[i])) and answer["confidence"] == pytest.approx(probs.max())
+            assert answer["routing"] == ("auto_accept" if probs.max() >= 0.1 else "review")
+        # a JSON pixel array with the same pixels gives the same answer
+        status, by_array = service.predict(json.dumps({"pixels": digits[0].tolist()}).encode(), "application/json")
+        assert status == 200 and by_array["probabilities"] == pytest.approx(
+            service.predict(png(digits[0]))[1]["probabilities"]
+        )
+        log = service.predictions()
+    assert len(log) == 7 and log["request_id"].is_unique and log["answered"].all()
+    assert set(log["model_version"]) == {champion} and (log["caller"] == "tester").all()
+    assert log["image_sha256"].iloc[0] == hashlib.sha256(png(digits[0])).hexdigest()
+
+
+def test_hostile_and_unauthorised_requests_are_refused_cleanly(tmp_path, digits) -> None:
+    register(tmp_path, 1, "champion")
+    bomb = io.BytesIO()
+    Image.new("L", (20_000, 20_000)).save(bomb, format="PNG")  # a few kB that decode to 400 MB
+    with Service(tmp_path, ABPolicy("off")) as service:
+        assert service.predict(png(digits[0]), token="wrong-token-of-some-length")[0] == 401
+        assert service.call("/v1/predict", png(digits[0]), {"Content-Type": "image/png"})[0] == 401
+        cases = {
+            "not an image": (b"hello, not a png", "image/png", 400),
+            "truncated": (png(digits[0])[:40], "image/png", 400),
+            "bomb": (bomb.getvalue(), "image/png", 413),
+            "unsupported type": (b"abc", "text/plain", 415),
+            "ragged array": (b'{"pixels": [[1, 2], [3]]}', "application/json", 400),
+            "wrong shape": (
+                json.dumps({"pixels": np.zeros((4, 4, 2), int).tolist()}).encode(),
+                "application/json",
+                400,
+            ),
+            "out of range": (b'{"pixels": [[1, 2], [3, 256]]}', "application/json", 400),
+            "not json": (b"{pixels", "application/json", 400),
+            "deep nesting": (b"[" * 100_000, "application/json", 400),
+            "empty": (b"", "image/png", 400),
+        }
+        for name, (body, content_type, expected) in cases.items():
+            status, answer = service.predict(body, content_type)
+            assert status == expected and answer.get("error"), (name, status, answer)
+        # a body declared larger than the limit is refused from its headers, before it is read
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        conn.putrequest("POST", "/v1/predict")
+        for name, value in {"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"}.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(3 * 1024 * 1024))
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 413 and "at most" in json.loads(response.read())["error"]
+        conn.close()
+        assert service.predict(png(digits[0]))[0] == 200, "the service still answers"
+
+
+def test_the_service_follows_the_champion_alias_and_refuses_tampered_weights(tmp_path, digits) -> None:
+    first = register(tmp_path, 1, "champion")
+    with Service(tmp_path, ABPolicy("off")) as service:
+        assert service.predict(png(digits[0]))[1]["model_version"] == first
+        second = register(tmp_path, 2, "champion")
+        deadline = time.monotonic() + 20
+        while service.predict(png(digits[0]))[1]["model_version"] != second:
+            assert time.monotonic() < deadline, "the alias move was not followed"
+            time.sleep(0.1)
+        # a third version whose weights change on disk after registration is never served
+        third = register(tmp_path, 3, None)
+        with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+            path = tmp_path / Registry(conn, tmp_path / "artifacts").get(third)["weights_path"]
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+            Registry(conn, tmp_path / "artifacts").set_alias("champion", third, "test")
+        deadline = time.monotonic() + 20
+        while "changed on disk" not in str(service.call("/readyz")[1]["errors"].get("champion")):
+            assert time.monotonic() < deadline, "the refused move was not reported"
+            time.sleep(0.1)
+        assert service.predict(png(digits[0]))[1]["model_version"] == second
+
+
+def test_ab_split_is_sticky_per_caller_and_shadow_scores_without_answering(tmp_path, digits) -> None:
+    champion = register(tmp_path, 1, "champion")
+    challenger = register(tmp_path, 2, "challenger")
+    policy = ABPolicy("split", challenger_share=0.5)
+    with Service(tmp_path, policy) as service:
+        arms = {}
+        for k in range(12):
+            key = f"caller-{k}"
+            answers = {service.predict(png(digits[k]), key=key)[1]["arm"] for _ in range(3)}
+            assert len(answers) == 1, "a caller stays on one arm"
+            arms[key] = answers.pop()
+            assert arms[key] == ("challenger" if policy.bucket(key) < 0.5 else "champion")
+        assert set(arms.values()) == {"champion", "challenger"}
+    with Service(tmp_path, ABPolicy("shadow")) as service:
+        for i in range(4):
+            status, answer = service.predict(png(digits[i]), key="anyone")
+            assert status == 200 and answer["arm"] == "champion" and answer["model_version"] == champion
+        log = service.predictions()
+    shadow = log[log["request_id"].isin(log[~log["answered"]]["request_id"])]
+    assert len(shadow) == 8 and set(shadow[~shadow["answered"]]["model_version"]) == {challenger}
+
+
+def test_concurrent_requests_are_batched(tmp_path, digits) -> None:
+    register(tmp_path, 1, "champion")
+    with Service(tmp_path, ABPolicy("off"), max_batch=16, max_wait_seconds=0.05) as service:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: service.predict(png(digits[i % len(digits)])), range(64)))
+        assert all(status == 200 for status, _ in answers)
+        log = service.predictions()
+    assert len(log) == 64 and log["batch_size"].max() > 1 and log["batch_size"].max() <= 16
+
+
+def test_decoding_limits_without_a_server() -> None:
+    limits = RequestLimits(max_bytes=10_000, max_side=64, max_pixels=64 * 64)
+    assert decode_request("image/png", png(np.zeros((8, 9), np.uint8)), limits).shape == (8, 9)
+    assert decode_request("image/png", png(np.zeros((8, 9, 3), np.uint8)), limits).shape == (8, 9, 3)
+    with pytest.raises(BadRequest) as err:
+        decode_request("image/png", png(np.zeros((65, 10), np.uint8)), limits)
+    assert err.value.status == 413
+    with pytest.raises(ValueError, match="16 characters"):
+        _ = Settings(serve_tokens="alice=short").serve_token_map
+    assert Settings(serve_tokens=f"alice={TOKEN}, etl={'e' * 20}").serve_token_map == {TOKEN: "alice", "e" * 20: "etl"}

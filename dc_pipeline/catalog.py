@@ -23,7 +23,8 @@ REGISTRY = "registry"
 SCORING = "scoring"
 MONITORING = "monitoring"
 CURATION = "curation"
-GROUPS = (RAW, CLEAN, FEATURES, AUGMENTATION, TRAINING, EVALUATION, REGISTRY, SCORING, MONITORING, CURATION)
+SERVING = "serving"
+GROUPS = (RAW, CLEAN, FEATURES, AUGMENTATION, TRAINING, EVALUATION, REGISTRY, SCORING, MONITORING, CURATION, SERVING)
 
 # -- pools -------------------------------------------------------------------------------------------------
 DUCKDB_POOL = "duckdb"
@@ -89,12 +90,15 @@ OVERVIEW = AssetKey([MONITORING, "overview"])
 LABEL_ISSUES = AssetKey([CURATION, "label_issues"])
 SLICE_ANALYSIS = AssetKey([CURATION, "slice_analysis"])
 LABELLING_QUEUE = AssetKey([CURATION, "labelling_queue"])
+PREDICTION_LOG = AssetKey([SERVING, "prediction_log"])
+AB_REPORT = AssetKey([SERVING, "ab_report"])
 
 # -- jobs --------------------------------------------------------------------------------------------------
 RETRAIN_JOB = "retrain"
 REFRESH_JOB = "refresh_downstream"
 SWEEP_JOB = "monitoring_sweep"
 PRUNE_JOB = "prune_dataset_versions"
+SERVING_JOB = "serving_report"
 DATA_GROUPS = (CLEAN, FEATURES)
 MODEL_GROUPS = (AUGMENTATION, TRAINING, EVALUATION, REGISTRY)
 
@@ -143,6 +147,9 @@ class T:
     ALIASES = "registry.aliases"
     ALIAS_HISTORY = "registry.alias_history"
     GATE_DECISIONS = "registry.gate_decisions"
+    SERVED_PREDICTIONS = "serving.predictions"
+    PREDICTION_LOG_FILES = "serving.prediction_log_files"
+    AB_FIGURES = "serving.ab_figures"
     PREDICTIONS = "scoring.predictions"
     BATCH_SUMMARY = "scoring.batch_summary"
     DRIFT_HISTORY = "monitoring.drift_history"

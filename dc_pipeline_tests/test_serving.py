@@ -254,3 +254,59 @@ def test_decoding_limits_without_a_server() -> None:
     with pytest.raises(ValueError, match="16 characters"):
         _ = Settings(serve_tokens="alice=short").serve_token_map
     assert Settings(serve_tokens=f"alice={TOKEN}, etl={'e' * 20}").serve_token_map == {TOKEN: "alice", "e" * 20: "etl"}
+
+
+def test_prediction_log_is_taken_in_once_and_the_ab_report_has_intervals(tmp_path, digits) -> None:
+    """Service -> log files -> warehouse (real Dagster materializations) -> per-arm figures once labels exist."""
+    from dagster import DagsterInstance, materialize
+    from sklearn.datasets import load_digits
+
+    from dc_pipeline.catalog import T
+    from dc_pipeline.defs.resources import resources_for
+    from dc_pipeline.defs.serving.assets import ab_report, prediction_log
+    from dc_pipeline.warehouse.io import append_rows
+
+    labels = load_digits().target[:40]
+    champion = register(tmp_path, 1, "champion", threshold=0.1)
+    challenger = register(tmp_path, 2, "challenger", threshold=0.1)
+    with Service(tmp_path, ABPolicy("split", challenger_share=0.5)) as service:
+        for i in range(40):
+            assert service.predict(png(digits[i]), key=f"caller-{i}")[0] == 200
+        service.log.flush()
+        for i in range(5):  # a second file, written later
+            assert service.predict(png(digits[i]), key=f"caller-{i}")[0] == 200
+    folder = tmp_path.joinpath(*PREDICTIONS_FOLDER)
+    assert len(list(folder.glob("predictions-*.parquet"))) == 2
+    (folder / "predictions-99990101T000000000000Z-1-000001.parquet").write_bytes(b"not parquet")
+    (folder / "predictions-99990101T000000000000Z-1-000002.parquet").symlink_to(tmp_path / "warehouse.duckdb")
+    # labels arrive: the first 30 images are labelled (as a labelled batch would deliver them)
+    with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+        rows = [
+            {"image_id": f"img-{i}", "sha256": hashlib.sha256(png(digits[i])).hexdigest(), "label": int(labels[i])}
+            for i in range(30)
+        ]
+        append_rows(conn, T.CLEAN_IMAGES, pd.DataFrame(rows))
+    instance = DagsterInstance.ephemeral()
+    resources = resources_for(tmp_path)
+    run_config = {"ops": {"serving__ab_report": {"config": {"bootstrap_resamples": 500}}}}
+    result = materialize([prediction_log, ab_report], instance=instance, resources=resources, run_config=run_config)
+    assert result.success
+    with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+        files = conn.execute(f"SELECT log_file, rows_in, refusal FROM {T.PREDICTION_LOG_FILES} ORDER BY log_file").df()
+        served = conn.execute(f"SELECT arm, model_version, image_sha256 FROM {T.SERVED_PREDICTIONS}").df()
+        figures = conn.execute(f"SELECT * FROM {T.AB_FIGURES}").df()
+    assert len(files) == 4 and files["rows_in"].iloc[:2].tolist() == [40, 5] and files["refusal"].iloc[:2].isna().all()
+    assert "unreadable" in files["refusal"].iloc[2] and "regular file" in files["refusal"].iloc[3]
+    assert len(served) == 45 and set(served["model_version"]) == {champion, challenger}
+    labelled = served[served["image_sha256"].isin([r["sha256"] for r in rows])]
+    for (arm, version), group in figures.groupby(["arm", "model_version"]):
+        assert version == (champion if arm == "champion" else challenger)
+        assert set(group["figure"]) == {"error", "automation_rate", "accepted_error"}
+        assert (group["n"] == (labelled["arm"] == arm).sum()).all()
+        error = group.set_index("figure").loc["error"]
+        assert error["low"] <= error["value"] <= error["high"] and error["high"] - error["low"] > 0
+    # nothing new: a second run takes no file twice
+    again = materialize([prediction_log], instance=instance, resources=resources)
+    assert again.success
+    meta = again.asset_materializations_for_node("serving__prediction_log")[0].metadata
+    assert meta["new_files"].value == 0 and meta["predictions"].value == 45

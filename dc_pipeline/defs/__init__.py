@@ -36,6 +36,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     from dc_pipeline.defs.registry.assets import champion
     from dc_pipeline.defs.resources import build_resources, step_executor, step_output_storage
     from dc_pipeline.defs.scoring.assets import build_scoring
+    from dc_pipeline.defs.serving import assets as serving
     from dc_pipeline.defs.training import assets as training
 
     resources = resources or {**build_resources(), **step_output_storage()}
@@ -67,6 +68,8 @@ def build_definitions(resources: dict | None = None) -> Definitions:
             curation.label_issues,
             curation.slice_analysis,
             curation.labelling_queue,
+            serving.prediction_log,
+            serving.ab_report,
         ],
         jobs=[*ingest_jobs, *pipeline_jobs(), prune_dataset_versions],
         sensors=[

@@ -10,6 +10,8 @@ from dc_pipeline.catalog import (
     OVERVIEW,
     REFRESH_JOB,
     RETRAIN_JOB,
+    SERVING,
+    SERVING_JOB,
     SWEEP_JOB,
     batches_of,
     drift_key,
@@ -66,8 +68,14 @@ def pipeline_jobs() -> list:
         ),
         define_asset_job(
             SWEEP_JOB,
-            selection=AssetSelection.groups(*DATA_GROUPS, CURATION) | AssetSelection.assets(OVERVIEW),
-            description="Nightly: refresh clean data, features, the review queue, the slice analysis "
-            "and the monitoring overview.",
+            selection=AssetSelection.groups(*DATA_GROUPS, CURATION, SERVING) | AssetSelection.assets(OVERVIEW),
+            description="Nightly: refresh clean data, features, the review queue, the slice analysis, "
+            "the monitoring overview, and take in the scoring service's predictions for the A/B report.",
+        ),
+        define_asset_job(
+            SERVING_JOB,
+            selection=AssetSelection.groups(SERVING),
+            description="Take in the scoring service's new prediction log files and report each A/B arm's "
+            "figures on the predictions labelled by now.",
         ),
     ]

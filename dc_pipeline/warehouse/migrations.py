@@ -170,6 +170,7 @@ WAREHOUSE = Migrations(
             "evidence: per-image evaluation outcomes, intervals on evaluation figures, the gate's paired mCE "
             "difference and its interval",
         ),
+        Migration(8, "the scoring service: its predictions, the log files taken in, the A/B figures"),
     ),
 )
 

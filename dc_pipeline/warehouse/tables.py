@@ -87,6 +87,7 @@ def raw_table_spec(source: str, kind: str) -> Table:
 _RAW = "dc_pipeline.defs.raw.assets"
 _CLEAN = "dc_pipeline.defs.clean.assets"
 _FEATURES = "dc_pipeline.defs.features.assets"
+_SERVING = "dc_pipeline.defs.serving.assets"
 _REGISTRY = "dc_pipeline.core.ml.registry"
 
 TABLES: tuple[Table, ...] = (
@@ -389,6 +390,43 @@ TABLES: tuple[Table, ...] = (
         "test split's) and under each corruption and severity: what intervals and the gate's paired comparisons "
         "are computed from.",
         since=7,
+    ),
+    Table(
+        T.SERVED_PREDICTIONS,
+        _SERVING,
+        _cols(
+            "request_id VARCHAR, received_at TIMESTAMP, caller VARCHAR, arm VARCHAR, answered BOOLEAN, "
+            "model_version VARCHAR, predicted_class BIGINT, confidence DOUBLE, routing VARCHAR, threshold DOUBLE, "
+            "latency_ms DOUBLE, batch_size BIGINT, image_sha256 VARCHAR, log_file VARCHAR",
+            since=8,
+        ),
+        "Every prediction of the scoring service (one row per request and arm that scored it; answered is false "
+        "for a shadow), from its prediction log (received_at in UTC); log_file is the file it came from (relative to "
+        "the data folder).",
+        since=8,
+    ),
+    Table(
+        T.PREDICTION_LOG_FILES,
+        _SERVING,
+        _cols(
+            "log_file VARCHAR PRIMARY KEY, size_bytes BIGINT, rows_in BIGINT, ingested_at TIMESTAMP, refusal VARCHAR",
+            since=8,
+        ),
+        "The prediction log files looked at, each once: taken into serving.predictions with their row count, or "
+        "refused (refusal says why: not a regular file, too large, unreadable, other columns).",
+        since=8,
+    ),
+    Table(
+        T.AB_FIGURES,
+        _SERVING,
+        _cols(
+            "reported_at TIMESTAMP, arm VARCHAR, model_version VARCHAR, figure VARCHAR, n BIGINT, value DOUBLE, "
+            "low DOUBLE, high DOUBLE, level DOUBLE",
+            since=8,
+        ),
+        "Each A/B report: per arm and model version, the answered predictions whose images have a label by now, "
+        "and their figures (error, automation rate, error among auto-accepted) with bootstrap intervals.",
+        since=8,
     ),
     Table(
         T.MODELS,

@@ -86,3 +86,30 @@ def _arrow_type(kind: str):
         unit, tz = kind.removeprefix("timestamp[").removesuffix("]").split(", ")
         return pa.timestamp(unit, tz)
     return pa.type_for_alias(kind)
+
+
+LOG_FILE_PATTERN = "predictions-*.parquet"
+MAX_LOG_FILE_BYTES = 512 * 1024 * 1024
+
+
+def new_log_files(folder: Path, known: set[str], relative) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The log files under ``folder`` not in ``known`` (their ``relative`` names), oldest first, and the
+    entries refused with a reason: only regular files named as the service names them, no links, at most
+    ``MAX_LOG_FILE_BYTES``; temporary files of a writer still at work are not looked at."""
+    import stat
+
+    accepted, refused = [], []
+    if not folder.is_dir() or folder.is_symlink():
+        return accepted, refused
+    for path in sorted(folder.glob(LOG_FILE_PATTERN)):
+        name = relative(path)
+        if name in known:
+            continue
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            refused.append((name, "not a regular file (links are not followed)"))
+        elif info.st_size > MAX_LOG_FILE_BYTES:
+            refused.append((name, f"{info.st_size} bytes, over {MAX_LOG_FILE_BYTES}"))
+        else:
+            accepted.append(path)
+    return accepted, refused

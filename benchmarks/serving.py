@@ -189,7 +189,7 @@ def main() -> None:
         "the same cores",
         "",
     ]
-    RESULTS.write_text("\n".join(header) + table + "\n")
+    RESULTS.write_text("\n".join(header) + "\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 export GX_ANALYTICS_ENABLED := false
 export TQDM_DISABLE := 1
 PORT ?= 3000
+VIEWER_PORT ?= 3001
 
 .PHONY: run materialize test lint install demo-data clean-data screenshots cluster-install cluster-up cluster-down cluster-status cluster-test
 
@@ -61,7 +62,7 @@ materialize: demo-data
 ## Main command: materialize once, then serve the UI and the daemon (sensors, schedules) on $(PORT).
 ## `dc-pipeline ui` starts `dagster dev` with the resolved settings, so exported variables win over .env.
 run: materialize
-	$(PY) -m dc_pipeline.cli ui --host 0.0.0.0 --port $(PORT)
+	$(PY) -m dc_pipeline.cli ui --host 0.0.0.0 --port $(PORT) --viewer-port $(VIEWER_PORT)
 
 test: install
 	.venv/bin/pytest -q

@@ -86,6 +86,7 @@ AUGMIX_MODEL = AssetKey([TRAINING, "augmix_model"])
 CORRUPTED_TEST = AssetKey([EVALUATION, "corrupted_test_set"])
 MODEL_EVALUATION = AssetKey([EVALUATION, "model_evaluation"])
 CHAMPION = AssetKey([REGISTRY, "champion"])
+AUDIT_TRAIL = AssetKey([REGISTRY, "audit_trail"])
 OVERVIEW = AssetKey([MONITORING, "overview"])
 LABEL_ISSUES = AssetKey([CURATION, "label_issues"])
 SLICE_ANALYSIS = AssetKey([CURATION, "slice_analysis"])
@@ -147,6 +148,7 @@ class T:
     ALIASES = "registry.aliases"
     ALIAS_HISTORY = "registry.alias_history"
     GATE_DECISIONS = "registry.gate_decisions"
+    AUDIT_EVENTS = "registry.audit_events"
     SERVED_PREDICTIONS = "serving.predictions"
     PREDICTION_LOG_FILES = "serving.prediction_log_files"
     AB_FIGURES = "serving.ab_figures"

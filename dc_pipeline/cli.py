@@ -151,7 +151,21 @@ def cmd_ui(args, s: Settings) -> int:
         "-p",
         str(args.port),
     ]
-    return subprocess.call(cmd, cwd=home, env=env)
+    viewer = None
+    if args.viewer_port:  # the viewers' UI: the same instance and code, nothing can be launched or changed
+        viewer_cmd = [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "--read-only",
+            "-m",
+            "dc_pipeline.definitions",
+        ]
+        viewer = subprocess.Popen([*viewer_cmd, "-h", args.host, "-p", str(args.viewer_port)], cwd=home, env=env)
+    try:
+        return subprocess.call(cmd, cwd=home, env=env)
+    finally:
+        if viewer is not None:
+            viewer.terminate()
+            viewer.wait(timeout=30)
 
 
 def cluster_from(args, s: Settings):
@@ -275,6 +289,7 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="serve the Dagster UI and daemon (sensors, schedules) with these settings")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--viewer-port", type=int, default=None, help="also serve a read-only UI for viewers on this port")
     p.set_defaults(func=cmd_ui)
     return parser
 

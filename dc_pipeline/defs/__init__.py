@@ -33,7 +33,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     from dc_pipeline.defs.jobs import ingestion_jobs, pipeline_jobs
     from dc_pipeline.defs.monitoring.assets import build_drift, build_overview
     from dc_pipeline.defs.raw.assets import build_ingestion
-    from dc_pipeline.defs.registry.assets import champion
+    from dc_pipeline.defs.registry.assets import audit_trail, champion
     from dc_pipeline.defs.resources import build_resources, step_executor, step_output_storage
     from dc_pipeline.defs.scoring.assets import build_scoring
     from dc_pipeline.defs.serving import assets as serving
@@ -62,6 +62,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
             evaluation.model_evaluation,
             evaluation.promotion_gate,
             champion,
+            audit_trail,
             *[d for s in images for d in build_scoring(s)],
             *[d for s in images for d in build_drift(s)],
             build_overview(images),

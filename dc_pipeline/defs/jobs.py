@@ -3,6 +3,7 @@
 from dagster import AssetSelection, define_asset_job
 
 from dc_pipeline.catalog import (
+    AUDIT_TRAIL,
     CURATION,
     DATA_GROUPS,
     LABELLING_QUEUE,
@@ -68,9 +69,11 @@ def pipeline_jobs() -> list:
         ),
         define_asset_job(
             SWEEP_JOB,
-            selection=AssetSelection.groups(*DATA_GROUPS, CURATION, SERVING) | AssetSelection.assets(OVERVIEW),
+            selection=AssetSelection.groups(*DATA_GROUPS, CURATION, SERVING)
+            | AssetSelection.assets(OVERVIEW, AUDIT_TRAIL),
             description="Nightly: refresh clean data, features, the review queue, the slice analysis, "
-            "the monitoring overview, and take in the scoring service's predictions for the A/B report.",
+            "the monitoring overview and the audit trail, and take in the scoring service's predictions for "
+            "the A/B report.",
         ),
         define_asset_job(
             SERVING_JOB,

@@ -40,6 +40,19 @@ def location_job_origin(job_name: str):
     return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
 
 
+def actor_tags() -> dict[str, str]:
+    """The audit trail's actor of runs this process starts: the dc-pipeline command and the OS user."""
+    import getpass
+
+    from dc_pipeline.core.governance.audit import ACTOR_TAG
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {ACTOR_TAG: f"dc-pipeline:{user}"}
+
+
 def execute_as_location_run(
     job_def,
     instance,
@@ -58,7 +71,7 @@ def execute_as_location_run(
     job = job_def.as_ephemeral_job(resource_defs={}, input_values={})
     if not run_config and partition_key and job.partitioned_config:
         run_config = job.partitioned_config.get_run_config_for_partition_key(partition_key)
-    tags = merge_run_tags(job_def, partition_key, None, selection, instance, run_config)
+    tags = {**merge_run_tags(job_def, partition_key, None, selection, instance, run_config), **actor_tags()}
     run = instance.create_run_for_job(
         job_def=job.get_subset(asset_selection=set(selection)) if selection else job,
         run_config=run_config or {},

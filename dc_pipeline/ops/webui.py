@@ -63,16 +63,19 @@ def wait_for_location(url: str, timeout: float = 180.0) -> None:
 
 
 @contextmanager
-def served_ui(home: Path, env: Mapping[str, str], log_file: Path, port: int | None = None) -> Iterator[str]:
+def served_ui(
+    home: Path, env: Mapping[str, str], log_file: Path, port: int | None = None, read_only: bool = False
+) -> Iterator[str]:
     """``dagster-webserver`` for the code location on 127.0.0.1, with ``home`` as Dagster home (and working
-    directory: no ``.env`` there) and ``env`` over this process's environment (the ``DC_*`` settings). Yields
-    its URL once the location has loaded; stops it and everything it started afterwards, also on failure."""
+    directory: no ``.env`` there) and ``env`` over this process's environment (the ``DC_*`` settings); with
+    ``read_only`` the viewers' UI (nothing can be launched, cancelled, wiped or switched on). Yields its URL
+    once the location has loaded; stops it and everything it started afterwards, also on failure."""
     port = port or free_port()
     full_env = {**os.environ, **env, "DAGSTER_HOME": str(home)}
     webserver = str(Path(sys.executable).parent / "dagster-webserver")
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
-            [webserver, "-m", CODE_LOCATION, "-h", HOST, "-p", str(port)],
+            [webserver, "-m", CODE_LOCATION, "-h", HOST, "-p", str(port), *(["--read-only"] if read_only else [])],
             cwd=home,
             env=full_env,
             stdout=log,

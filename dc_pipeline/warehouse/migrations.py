@@ -171,6 +171,7 @@ WAREHOUSE = Migrations(
             "difference and its interval",
         ),
         Migration(8, "the scoring service: its predictions, the log files taken in, the A/B figures"),
+        Migration(9, "the audit trail: runs launched, re-executed or cancelled, alias moves, label changes"),
     ),
 )
 

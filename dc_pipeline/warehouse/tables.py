@@ -392,6 +392,19 @@ TABLES: tuple[Table, ...] = (
         since=7,
     ),
     Table(
+        T.AUDIT_EVENTS,
+        "dc_pipeline.defs.registry.assets",
+        _cols(
+            "event_id VARCHAR PRIMARY KEY, occurred_at TIMESTAMP, actor VARCHAR, action VARCHAR, subject VARCHAR, detail VARCHAR, "
+            "reason VARCHAR, dagster_run_id VARCHAR, origin VARCHAR, collected_at TIMESTAMP",
+            since=9,
+        ),
+        "The audit trail: who or what launched, re-executed or cancelled a run, moved an alias or changed a label, "
+        "and why (origin names the record it was read from: dagster_runs, registry.alias_history, "
+        "clean.review_decisions).",
+        since=9,
+    ),
+    Table(
         T.SERVED_PREDICTIONS,
         _SERVING,
         _cols(

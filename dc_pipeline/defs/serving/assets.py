@@ -62,7 +62,7 @@ def prediction_log(context: AssetExecutionContext, lake: DataLake, warehouse: Wa
                 append_rows(conn, T.PREDICTION_LOG_FILES, pd.DataFrame([_file_row(name, path, len(frame), now, None)]))
             taken += 1
             rows_in += len(frame)
-        total = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS}").fetchone()[0]
+        total = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS}").fetchall()[0][0]
     for name, reason in refused:
         context.log.warning(f"prediction log file {name} refused: {reason}")
     return MaterializeResult(
@@ -112,7 +112,7 @@ def ab_report(context: AssetExecutionContext, config: ABReportConfig, warehouse:
             f"JOIN (SELECT sha256, any_value(label) AS label FROM {T.CLEAN_IMAGES} WHERE label IS NOT NULL "
             "GROUP BY sha256) i ON i.sha256 = p.image_sha256 WHERE p.answered",
         )
-        answered = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS} WHERE answered").fetchone()[0]
+        answered = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS} WHERE answered").fetchall()[0][0]
         figures = arm_figures(labelled, config.bootstrap_resamples, config.confidence_level, config.bootstrap_seed)
         figures.insert(0, "reported_at", dt.datetime.now(dt.UTC).replace(tzinfo=None))
         if len(figures):

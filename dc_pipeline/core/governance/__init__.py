@@ -1,0 +1,1 @@
+"""Governance without Dagster: the audit trail's events from runs, alias moves and review decisions."""

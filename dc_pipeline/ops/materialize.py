@@ -11,9 +11,12 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from dc_pipeline.catalog import (
+    AB_REPORT,
+    AUDIT_TRAIL,
     CHAMPION,
     CODE_LOCATION,
     OVERVIEW,
+    PREDICTION_LOG,
     REFRESH_JOB,
     SWEEP_JOB,
     batches_of,
@@ -88,7 +91,8 @@ def materialize_all(
     """Register every complete landing batch as a partition and ingest the ones not ingested yet; when an image
     batch was new (or there is no champion yet) refresh downstream (with ``refresh_config``, the launchpad's
     defaults if None) and score the new batches (every batch, the first time) with the new champion and report
-    their drift; then the monitoring overview. The landing scan is the sensor's. Run again, it does only what
+    their drift; then the monitoring overview, the scoring service's new predictions with the A/B report, and the
+    audit trail. The landing scan is the sensor's. Run again, it does only what
     new batches need: the cost follows the new batches, not the history.
 
     Returns True when every run succeeded. A batch that fails its blocking checks fails its own run and
@@ -133,5 +137,6 @@ def materialize_all(
             )
     else:
         log("no new image batch: clean data, models and scores are current")
-    run(SWEEP_JOB, "monitoring overview", asset_selection=[OVERVIEW])
+    # the overview, the scoring service's new predictions and the A/B report, and the audit trail of these runs
+    run(SWEEP_JOB, "monitoring overview", asset_selection=[OVERVIEW, PREDICTION_LOG, AB_REPORT, AUDIT_TRAIL])
     return ok

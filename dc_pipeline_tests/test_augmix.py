@@ -496,3 +496,14 @@ def test_auto_backend_falls_back_for_one_pixel_lines() -> None:
         AugMix(backend="fused")(x, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="backend"):
         AugMix(backend="numpy")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_images_are_refused(backend: str, bad: float, gray) -> None:
+    x = gray[1][:4].clone()
+    x[2, 0, 5, 5] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        AugMix(backend=backend)(x, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        apply_op(x, "equalize", 3.0, 1.0, backend=backend)

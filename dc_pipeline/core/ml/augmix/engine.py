@@ -591,6 +591,12 @@ def _check_images(x: Tensor) -> None:
         raise TypeError(f"expected a floating point tensor in [0, 1], got {x.dtype}")
 
 
+def _check_finite(x: Tensor) -> None:
+    """The eager path's guard (the fused loop counts them itself): NaN or infinity would become bogus 8-bit levels."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images contain NaN or infinite values; AugMix needs finite values in [0, 1]")
+
+
 def _work_dtype(x: Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -634,6 +640,7 @@ def apply_op(
             m=ones,
         )
         return _fused_apply(x, torch.tensor([_KEY[name]]), one_op)
+    _check_finite(x)
     with torch.inference_mode():
         tables = _op_tables(keys, level_t, sign_t, h, w, dtype)
         rows, loc = _run_chains(x.to(dtype), start, tables, 1, _Workspace())
@@ -764,6 +771,7 @@ class AugMix:
             )
         if _use_fused(self.backend, x):
             return _fused_apply(x, self._keys, params)
+        _check_finite(x)
         dtype, dev = _work_dtype(x), x.device
         # Applications in (step, image, chain) order; chain j = b * k + i starts from image b.
         start = torch.arange(b, device=dev).repeat_interleave(k)

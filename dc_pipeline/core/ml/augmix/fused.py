@@ -34,7 +34,7 @@ EQUALIZE, AUTOCONTRAST, POSTERIZE, SOLARIZE = 1, 2, 3, 4
 ROTATE, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y = 5, 6, 7, 8, 9
 COLOR, CONTRAST, BRIGHTNESS, SHARPNESS = 10, 11, 12, 13
 
-_KERNEL: Callable[..., None] | None = None
+_KERNEL: Callable[..., int] | None = None
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
 _LOCK = threading.Lock()
 
@@ -48,7 +48,7 @@ def available() -> bool:
     return True
 
 
-def _compile() -> Callable[..., None]:
+def _compile() -> Callable[..., int]:
     import numba
 
     njit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -331,11 +331,16 @@ def _compile() -> Callable[..., None]:
             np.empty((h * w, 4), dtype),  # rotate: bilinear weights
         )
         flat_clean = clean.ravel()
+        non_finite = 0
         for b in range(first, stop):
             xb = x[b].ravel()
             keep = 1.0 - m[b]
             for k in range(size):
-                v = min(max(xb[k] * 255.0, 0.0), 255.0)
+                v = xb[k] * 255.0
+                if not (-1e300 < v < 1e300):  # NaN or infinite: counted (the caller refuses the batch), never indexed
+                    non_finite += 1
+                    v = 0.0
+                v = min(max(v, 0.0), 255.0)
                 flat_clean[k] = v
                 acc[k] = keep * v
             for i in range(width):
@@ -353,6 +358,7 @@ def _compile() -> Callable[..., None]:
             ob = out[b].ravel()
             for k in range(size):
                 ob[k] = min(max(acc[k] / 255.0, 0.0), 1.0)
+        return non_finite
 
     return augment_and_mix
 
@@ -385,17 +391,18 @@ def augment_and_mix(
     b = x.shape[0]
     threads = max(1, min(threads, b))
     if threads == 1:
-        kernel(*args, 0, b)
-        return out
-    bounds = [b * t // threads for t in range(threads + 1)]
-    pool = _pool(threads)
-    futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    for future in futures:
-        future.result()
+        non_finite = kernel(*args, 0, b)
+    else:
+        bounds = [b * t // threads for t in range(threads + 1)]
+        pool = _pool(threads)
+        futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        non_finite = sum(future.result() for future in futures)
+    if non_finite:
+        raise ValueError(f"images contain {non_finite} NaN or infinite values; AugMix needs finite values in [0, 1]")
     return out
 
 
-def _kernel() -> Callable[..., None]:
+def _kernel() -> Callable[..., int]:
     global _KERNEL
     with _LOCK:
         if _KERNEL is None:

@@ -507,3 +507,19 @@ def test_non_finite_images_are_refused(backend: str, bad: float, gray) -> None:
         AugMix(backend=backend)(x, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="NaN or infinite"):
         apply_op(x, "equalize", 3.0, 1.0, backend=backend)
+
+
+def test_params_from_outside_are_checked_before_use(rgb) -> None:
+    _, x = rgb
+    augmix = AugMix()
+    good = augmix.sample_params(x.shape[0], torch.Generator().manual_seed(0))
+    broken = {
+        "op index": dataclasses.replace(good, ops=good.ops + len(OPS)),
+        "depth": dataclasses.replace(good, depths=good.depths + 3),
+        "level": dataclasses.replace(good, levels=good.levels.clone().fill_(float("nan"))),
+        "shape": dataclasses.replace(good, signs=good.signs[:, :, :2]),
+    }
+    for params in broken.values():  # unchecked, the fused loop would read out of bounds
+        for backend in BACKENDS:
+            with pytest.raises(ValueError, match="params"):
+                AugMix(backend=backend).apply(x, params)

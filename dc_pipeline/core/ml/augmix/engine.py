@@ -591,6 +591,27 @@ def _check_images(x: Tensor) -> None:
         raise TypeError(f"expected a floating point tensor in [0, 1], got {x.dtype}")
 
 
+def _check_params(params: AugMixParams, n_ops: int, max_depth: int) -> None:
+    """Draws given to ``apply`` from outside ``sample_params``: shapes, op indices, depths and finite values."""
+    depth, width, b = params.ops.shape
+    shapes = {
+        "levels": (params.levels.shape, (depth, width, b)),
+        "signs": (params.signs.shape, (depth, width, b)),
+        "depths": (params.depths.shape, (width, b)),
+        "m": (params.m.shape, (b,)),
+    }
+    for name, (got, want) in shapes.items():
+        if tuple(got) != want:
+            raise ValueError(f"params.{name} has shape {tuple(got)}, expected {want}")
+    if params.ops.numel() and (int(params.ops.min()) < 0 or int(params.ops.max()) >= n_ops):
+        raise ValueError(f"params.ops must index this AugMix's {n_ops} ops")
+    if params.depths.numel() and (int(params.depths.min()) < 1 or int(params.depths.max()) > max_depth):
+        raise ValueError(f"params.depths must be in 1..{max_depth}")
+    for name in ("levels", "signs", "weights", "m"):
+        if not bool(torch.isfinite(getattr(params, name)).all()):
+            raise ValueError(f"params.{name} contains NaN or infinite values")
+
+
 def _check_finite(x: Tensor) -> None:
     """The eager path's guard (the fused loop counts them itself): NaN or infinity would become bogus 8-bit levels."""
     if not bool(torch.isfinite(x).all()):
@@ -769,6 +790,7 @@ class AugMix:
                 f"params drawn for ops {tuple(params.ops.shape)}, weights {tuple(params.weights.shape)}; "
                 f"this AugMix and batch need ops {(depth, k, b)}, weights {(b, k)}"
             )
+        _check_params(params, len(self.ops), depth)
         if _use_fused(self.backend, x):
             return _fused_apply(x, self._keys, params)
         _check_finite(x)

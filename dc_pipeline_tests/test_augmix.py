@@ -519,6 +519,9 @@ def test_params_from_outside_are_checked_before_use(rgb) -> None:
         "level": dataclasses.replace(good, levels=good.levels.clone().fill_(float("nan"))),
         "shape": dataclasses.replace(good, signs=good.signs[:, :, :2]),
     }
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="finite"):
+            apply_op(x, "shear_x", float("nan"), 1.0, backend=backend)
     for params in broken.values():  # unchecked, the fused loop would read out of bounds
         for backend in BACKENDS:
             with pytest.raises(ValueError, match="params"):

@@ -648,6 +648,8 @@ def apply_op(
         sign_t = torch.where(_rand((b,), generator, rng_device) < 0.5, -1.0, 1.0).to(x.device)
     else:
         sign_t = torch.as_tensor(sign, dtype=torch.float64).to(x.device).expand(b)
+    if not (bool(torch.isfinite(level_t).all()) and bool(torch.isfinite(sign_t).all())):
+        raise ValueError("level and sign must be finite")
     keys = torch.full((b,), _KEY[name], dtype=torch.long, device=x.device)
     start = torch.arange(b, device=x.device)
     if _use_fused(backend, x):  # one chain of one step, weight 1, skip weight m = 1

@@ -33,7 +33,9 @@ def test_audit_trail_records_who_did_what_and_why(tmp_path) -> None:
         instance,
         job_name="retrain",
         status=DagsterRunStatus.SUCCESS,
-        tags={"dagster/parent_run_id": by_sensor.run_id, "dagster/schedule_name": "weekly_full_retrain"},
+        parent_run_id=by_sensor.run_id,
+        root_run_id=by_sensor.run_id,
+        tags={"dagster/schedule_name": "weekly_full_retrain"},
     )
     with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
         registry = Registry(conn, tmp_path / "artifacts")

@@ -44,12 +44,13 @@ def run_actor(tags: Mapping[str, str]) -> str:
 
 def run_events(runs: Iterable[Mapping]) -> pd.DataFrame:
     """``runs``: ``run_id``, ``job_name``, ``status`` (a Dagster run status name), ``tags``, ``created_at``,
-    ``ended_at``. Launch (or re-execution, when the run has a parent) and cancellation events."""
+    ``ended_at`` and ``parent_run_id`` (set on re-executions). Launch (or re-execution, when the run has a
+    parent) and cancellation events."""
     rows = []
     for run in runs:
         tags = run["tags"]
         actor = run_actor(tags)
-        parent = tags.get("dagster/parent_run_id")
+        parent = run.get("parent_run_id") or tags.get("dagster/parent_run_id")
         partition = tags.get("dagster/partition")
         subject = f"job {run['job_name']}" + (f" partition {partition}" if partition else "")
         action = "run_reexecuted" if parent else "run_launched"

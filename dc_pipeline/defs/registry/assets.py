@@ -103,6 +103,7 @@ def audit_trail(context: AssetExecutionContext, warehouse: Warehouse) -> Materia
                 "job_name": r.dagster_run.job_name,
                 "status": r.dagster_run.status.value,
                 "tags": dict(r.dagster_run.tags),
+                "parent_run_id": r.dagster_run.parent_run_id,
                 "created_at": r.create_timestamp.astimezone(dt.UTC).replace(tzinfo=None),
                 "ended_at": dt.datetime.fromtimestamp(r.end_time, dt.UTC).replace(tzinfo=None) if r.end_time else None,
             }

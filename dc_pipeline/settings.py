@@ -110,6 +110,20 @@ class Settings(BaseSettings):
         description="How often the service checks whether an alias moved (DC_SERVE_REFRESH_SECONDS).",
     )
 
+    serve_records_source: str | None = Field(
+        default=None,
+        description="The source (contract) single labelled records sent to the scoring service land as "
+        "(DC_SERVE_RECORDS_SOURCE); unset: the service takes no records.",
+    )
+    serve_records_max: int = Field(
+        default=100, ge=1, description="Records per micro-batch before it closes (DC_SERVE_RECORDS_MAX)."
+    )
+    serve_records_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Seconds after its first record a micro-batch closes (DC_SERVE_RECORDS_SECONDS).",
+    )
+
     @property
     def serve_token_map(self) -> dict[str, str]:
         """token -> caller name, from ``serve_tokens``."""

@@ -58,7 +58,9 @@ def register(data: Path, seed: int, alias: str | None, threshold: float = 0.5) -
 class Service:
     """The app under uvicorn in a thread, on a free port."""
 
-    def __init__(self, data: Path, ab: ABPolicy, max_batch: int = 64, max_wait_seconds: float = 0.005) -> None:
+    def __init__(
+        self, data: Path, ab: ABPolicy, max_batch: int = 64, max_wait_seconds: float = 0.005, records=None
+    ) -> None:
         import uvicorn
 
         settings = Settings(data_dir=data)
@@ -67,7 +69,7 @@ class Service:
         config = ServiceConfig(
             tokens={TOKEN: "tester"}, ab=ab, max_batch=max_batch, max_wait_seconds=max_wait_seconds, refresh_seconds=0.2
         )
-        self.app = create_app(config, registry_follower(settings), self.log)
+        self.app = create_app(config, registry_follower(settings), self.log, records, tuple(range(10)))
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -310,3 +312,25 @@ def test_prediction_log_is_taken_in_once_and_the_ab_report_has_intervals(tmp_pat
     assert again.success
     meta = again.asset_materializations_for_node("serving__prediction_log")[0].metadata
     assert meta["new_files"].value == 0 and meta["predictions"].value == 45
+
+
+def test_labelled_records_land_as_micro_batches(tmp_path, digits) -> None:
+    from dc_pipeline.core.data.contracts import load_contracts
+    from dc_pipeline.core.serving.records import MicroBatchWriter
+    from dc_pipeline.settings import PACKAGED_CONTRACTS
+
+    register(tmp_path, 1, "champion")
+    contract = load_contracts(PACKAGED_CONTRACTS)["field_app"]
+    writer = MicroBatchWriter(tmp_path / "landing", contract, max_records=3, max_seconds=3600)
+    with Service(tmp_path, ABPolicy("off"), records=writer) as service:
+        answers = [service.call(f"/v1/records?label={i}", png(digits[i]), {"Content-Type": "image/png",
+                   "Authorization": f"Bearer {TOKEN}"}) for i in range(4)]  # fmt: skip
+        assert [status for status, _ in answers] == [200] * 4
+        headers = {"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"}
+        assert service.call("/v1/records?label=11", png(digits[0]), headers)[0] == 400
+        assert service.call("/v1/records?label=1", b"not a png", headers)[0] == 400
+        assert service.call("/v1/records?label=1", b"{}", {**headers, "Content-Type": "application/json"})[0] == 415
+        assert service.call("/v1/records?label=1", png(digits[0]), {"Content-Type": "image/png"})[0] == 401
+    first, last = answers[0][1]["batch_id"], answers[3][1]["batch_id"]
+    assert first != last and (tmp_path / "landing" / "field_app" / first / "_SUCCESS").is_file()
+    assert (tmp_path / "landing" / "field_app" / last / "_SUCCESS").is_file(), "closed at shutdown"

@@ -38,7 +38,8 @@ from dc_pipeline.core.serving.ab import CHALLENGER, CHAMPION, ABPolicy
 from dc_pipeline.core.serving.batching import DynamicBatcher
 from dc_pipeline.core.serving.models import AliasFollower
 from dc_pipeline.core.serving.prediction_log import PredictionLog
-from dc_pipeline.core.serving.requests import BadRequest, RequestLimits, decode_request
+from dc_pipeline.core.serving.records import MicroBatchWriter
+from dc_pipeline.core.serving.requests import IMAGE_TYPES, BadRequest, RequestLimits, decode_request
 from dc_pipeline.settings import Settings
 
 PREDICTIONS_FOLDER = ("serving", "predictions")
@@ -110,8 +111,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: ServiceConfig, follower: AliasFollower, log: PredictionLog) -> FastAPI:
-    """The service over ``follower``'s models; ``log`` receives every prediction."""
+def create_app(
+    config: ServiceConfig,
+    follower: AliasFollower,
+    log: PredictionLog,
+    records: MicroBatchWriter | None = None,
+    classes: tuple[int, ...] = (),
+) -> FastAPI:
+    """The service over ``follower``'s models; ``log`` receives every prediction; ``records`` (with the project's
+    ``classes``) takes single labelled records into micro-batches."""
     batchers = {
         arm: DynamicBatcher(_scorer(follower, arm), config.max_batch, config.max_wait_seconds)
         for arm in (CHAMPION, CHALLENGER)
@@ -127,11 +135,21 @@ def create_app(config: ServiceConfig, follower: AliasFollower, log: PredictionLo
                 await asyncio.to_thread(follower.refresh)
                 await asyncio.to_thread(log.flush_if_due)
 
-        task = asyncio.create_task(follow())
+        async def close_due_batches() -> None:
+            while records is not None:
+                await asyncio.sleep(min(1.0, records.max_seconds / 4))
+                await asyncio.to_thread(records.close_if_due)
+
+        if records is not None:
+            await asyncio.to_thread(records.recover)
+        tasks = [asyncio.create_task(follow()), asyncio.create_task(close_due_batches())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
+            if records is not None:
+                await asyncio.to_thread(records.close)
             for batcher in batchers.values():
                 await batcher.close()
             await asyncio.to_thread(log.flush)
@@ -161,6 +179,23 @@ def create_app(config: ServiceConfig, follower: AliasFollower, log: PredictionLo
         ready = CHAMPION in follower.served
         body = {"ready": ready, "serving": served, "errors": dict(follower.errors), "ab_mode": config.ab.mode}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.post("/v1/records")
+    async def add_record(request: Request, label: int) -> dict[str, Any]:
+        """One labelled image into the open micro-batch of ``DC_SERVE_RECORDS_SOURCE``."""
+        caller_of(request)
+        if records is None:
+            raise BadRequest(404, "this service takes no records: DC_SERVE_RECORDS_SOURCE is not set")
+        body = await _read_body(request, config.limits.max_bytes)
+        content_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if content_type not in IMAGE_TYPES:
+            raise BadRequest(415, f"a record is an encoded image ({', '.join(sorted(IMAGE_TYPES))})")
+        await asyncio.to_thread(decode_request, content_type, body, config.limits)  # refuse what is not an image
+        if classes and label not in classes:
+            raise BadRequest(400, f"label {label} is not one of the classes {list(classes)}")
+        suffix = "." + content_type.removeprefix("image/").replace("jpeg", "jpg")
+        staged = await asyncio.to_thread(records.add, body, suffix, label)
+        return {**staged, "source": records.source, "image_sha256": hashlib.sha256(body).hexdigest()}
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> dict[str, Any]:
@@ -244,8 +279,20 @@ def _utc(seconds: float):
 
 def build_app(settings: Settings) -> FastAPI:
     """The service as configured by the settings, over the settings' registry and data folder."""
+    from dc_pipeline.core.data.contracts import load_contracts
+
     log = PredictionLog(settings.data_dir.joinpath(*PREDICTIONS_FOLDER))
-    return create_app(ServiceConfig.from_settings(settings), registry_follower(settings), log)
+    contracts = load_contracts(settings.contracts_dir)
+    records = None
+    if settings.serve_records_source:
+        records = MicroBatchWriter(
+            settings.data_dir / "landing",
+            contracts[settings.serve_records_source],
+            settings.serve_records_max,
+            settings.serve_records_seconds,
+        )
+    follower = registry_follower(settings)
+    return create_app(ServiceConfig.from_settings(settings), follower, log, records, tuple(contracts.project.classes))
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -37,12 +37,12 @@ from fastapi.responses import JSONResponse
 from dc_pipeline.core.serving.ab import CHALLENGER, CHAMPION, ABPolicy
 from dc_pipeline.core.serving.batching import DynamicBatcher
 from dc_pipeline.core.serving.models import AliasFollower
-from dc_pipeline.core.serving.prediction_log import PredictionLog
+from dc_pipeline.core.serving.prediction_log import PREDICTIONS_FOLDER, PredictionLog
 from dc_pipeline.core.serving.records import MicroBatchWriter
 from dc_pipeline.core.serving.requests import IMAGE_TYPES, BadRequest, RequestLimits, decode_request
 from dc_pipeline.settings import Settings
 
-PREDICTIONS_FOLDER = ("serving", "predictions")
+__all__ = ["PREDICTIONS_FOLDER", "ServiceConfig", "build_app", "create_app", "registry_follower", "serve"]
 
 
 @dataclass

@@ -13,6 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+PREDICTIONS_FOLDER = ("serving", "predictions")
+"""Where the service writes its log, under the data folder (and where ``serving/prediction_log`` reads it)."""
+
 PREDICTION_SCHEMA = {
     "request_id": "string",
     "received_at": "timestamp[us, UTC]",

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from dc_pipeline.core.data.contracts import SourceContract
+from dc_pipeline.core.data.manifests import SUCCESS_MARKER
 
 STAGING = ".service-staging"
-SUCCESS_MARKER = "_SUCCESS"
 STAGED_RECORDS = "records.jsonl"
 
 

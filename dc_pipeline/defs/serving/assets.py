@@ -7,8 +7,6 @@ from dc_pipeline.catalog import AB_REPORT, PREDICTION_LOG, SERVING, T, warehouse
 from dc_pipeline.defs.metadata import markdown_table
 from dc_pipeline.defs.resources import DataLake, Warehouse
 
-PREDICTIONS_FOLDER = ("serving", "predictions")  # as dc_pipeline.serving.app writes it
-
 
 @asset(
     key=PREDICTION_LOG,
@@ -27,7 +25,7 @@ def prediction_log(context: AssetExecutionContext, lake: DataLake, warehouse: Wa
 
     import pandas as pd
 
-    from dc_pipeline.core.serving.prediction_log import PREDICTION_SCHEMA, new_log_files
+    from dc_pipeline.core.serving.prediction_log import PREDICTION_SCHEMA, PREDICTIONS_FOLDER, new_log_files
     from dc_pipeline.warehouse.io import append_rows, transaction
 
     folder = lake.root_path(*PREDICTIONS_FOLDER)
@@ -36,30 +34,32 @@ def prediction_log(context: AssetExecutionContext, lake: DataLake, warehouse: Wa
         files, refused = new_log_files(folder, known, lake.relative)
         taken, rows_in = 0, 0
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+        def account(name: str, path, rows: int | None, refusal: str | None) -> None:
+            """The file's entry in serving.prediction_log_files (a refusal is also reported)."""
+            size = path.lstat().st_size if path is not None else None
+            entry = {"log_file": name, "size_bytes": size, "rows_in": rows, "ingested_at": now, "refusal": refusal}
+            append_rows(conn, T.PREDICTION_LOG_FILES, pd.DataFrame([entry]))
+
         for name, reason in refused:
-            append_rows(conn, T.PREDICTION_LOG_FILES, pd.DataFrame([_file_row(name, None, None, now, reason)]))
+            account(name, None, None, reason)
         for path in files:
             name = lake.relative(path)
             try:
                 frame = pd.read_parquet(path)
             except Exception as exc:  # an unreadable file is refused, not fatal
                 refused.append((name, f"unreadable: {type(exc).__name__}: {exc}"))
-                append_rows(
-                    conn, T.PREDICTION_LOG_FILES, pd.DataFrame([_file_row(name, path, None, now, refused[-1][1])])
-                )
+                account(name, path, None, refused[-1][1])
                 continue
             if set(frame.columns) != set(PREDICTION_SCHEMA):
-                reason = f"columns {sorted(frame.columns)} are not the prediction log's"
-                refused.append((name, reason))
-                append_rows(
-                    conn, T.PREDICTION_LOG_FILES, pd.DataFrame([_file_row(name, path, len(frame), now, reason)])
-                )
+                refused.append((name, f"columns {sorted(frame.columns)} are not the prediction log's"))
+                account(name, path, len(frame), refused[-1][1])
                 continue
             frame["received_at"] = pd.to_datetime(frame["received_at"], utc=True).dt.tz_localize(None)
             frame["log_file"] = name
             with transaction(conn):  # the rows and the file's entry, both or neither
                 append_rows(conn, T.SERVED_PREDICTIONS, frame)
-                append_rows(conn, T.PREDICTION_LOG_FILES, pd.DataFrame([_file_row(name, path, len(frame), now, None)]))
+                account(name, path, len(frame), None)
             taken += 1
             rows_in += len(frame)
         total = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS}").fetchall()[0][0]
@@ -74,11 +74,6 @@ def prediction_log(context: AssetExecutionContext, lake: DataLake, warehouse: Wa
             "refused": MetadataValue.md(markdown_table(pd.DataFrame(refused, columns=["file", "reason"]))),
         }
     )
-
-
-def _file_row(name: str, path, rows: int | None, now, refusal: str | None) -> dict:
-    size = path.lstat().st_size if path is not None else None
-    return {"log_file": name, "size_bytes": size, "rows_in": rows, "ingested_at": now, "refusal": refusal}
 
 
 class ABReportConfig(Config):

@@ -550,12 +550,12 @@ def _use_fused(backend: str, x: Tensor) -> bool:
         return False
     from dc_pipeline.core.ml.augmix import fused
 
-    usable = x.device.type == "cpu" and x.shape[2] >= 2 and x.shape[3] >= 2
-    if backend == "fused" and not (usable and fused.available()):
+    usable = x.device.type == "cpu" and x.shape[2] >= 2 and x.shape[3] >= 2 and fused.available()
+    if backend == "fused" and not usable:
         raise ValueError(
             f"backend='fused' needs Numba and CPU images of at least 2x2 pixels, got {x.device.type} {tuple(x.shape)}"
         )
-    return usable and fused.available()
+    return usable
 
 
 def _fused_apply(x: Tensor, keys: Tensor, params: AugMixParams) -> Tensor:

@@ -100,6 +100,7 @@ REFRESH_JOB = "refresh_downstream"
 SWEEP_JOB = "monitoring_sweep"
 PRUNE_JOB = "prune_dataset_versions"
 SERVING_JOB = "serving_report"
+JUDGE_JOB = "judge_challenger"
 DATA_GROUPS = (CLEAN, FEATURES)
 MODEL_GROUPS = (AUGMENTATION, TRAINING, EVALUATION, REGISTRY)
 

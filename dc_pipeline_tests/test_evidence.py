@@ -1,6 +1,7 @@
 """Intervals on evaluation figures and a promotion gate that decides on them, with constructed predictions."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dc_pipeline.core.ml import metrics as m
@@ -16,6 +17,7 @@ from dc_pipeline.core.ml.bootstrap import (
 )
 from dc_pipeline.core.ml.evaluation import evaluate
 from dc_pipeline.core.ml.registry import GatePolicy, promotion_decision
+from dc_pipeline.core.serving.ab_report import live_comparison
 
 KEYS = tuple((name, sev) for name in ("fog", "noise", "rotate", "blur") for sev in (1, 2, 3))
 
@@ -204,3 +206,67 @@ def test_a_challenger_with_non_finite_predictions_is_refused(champion):
     for champion_id, evidence in (("old", compare(broken, champion)), (None, intervals(broken, resamples=50))):
         decision = promotion_decision("new", champion_id, evidence, GatePolicy(mce_relative_margin=-10.0))
         assert not decision.passed and "not finite" in decision.verdict, decision.verdict
+
+
+# -- the scoring service's evidence ------------------------------------------------------------------------
+def served(version: str, requests: range, error: float, automation: float, seed: int) -> pd.DataFrame:
+    """Labelled predictions of ``version`` on ``requests``: wrong with probability ``error``, auto-accepted with
+    probability ``automation`` (wrong answers less often)."""
+    rng = np.random.default_rng(seed)
+    n = len(requests)
+    label = rng.integers(0, 10, n)
+    wrong = rng.random(n) < error
+    accepted = rng.random(n) < np.where(wrong, automation / 3, automation)
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in requests],
+            "model_version": version,
+            "predicted_class": np.where(wrong, (label + 1) % 10, label),
+            "routing": np.where(accepted, "auto_accept", "review"),
+            "label": label,
+        }
+    )
+
+
+def test_live_evidence_is_paired_in_shadow_mode_and_independent_in_a_split():
+    shadow = pd.concat([served("new", range(600), 0.05, 0.8, 1), served("old", range(600), 0.05, 0.8, 2)])
+    paired = live_comparison(shadow, "new", "old", min_labelled=100, resamples=500)
+    assert paired.design == "paired" and paired.n_challenger == paired.n_champion == 600
+    split = pd.concat([served("new", range(300), 0.05, 0.8, 1), served("old", range(300, 600), 0.05, 0.8, 2)])
+    independent = live_comparison(split, "new", "old", min_labelled=100, resamples=500)
+    assert independent.design == "independent" and independent.n_challenger == 300
+    for live in (paired, independent):
+        for figure, interval in live.difference.items():
+            assert interval.low <= interval.estimate <= interval.high, figure
+            expected = live.challenger_figures[figure] - live.champion_figures[figure]
+            assert interval.estimate == pytest.approx(expected)
+    # the same requests answered alike by both models: a paired difference of exactly zero
+    twins = pd.concat([served("new", range(200), 0.05, 0.8, 1), served("old", range(200), 0.05, 0.8, 1)])
+    same = live_comparison(twins, "new", "old", min_labelled=100, resamples=200)
+    assert all(i.low == i.high == 0.0 for i in same.difference.values())
+    assert live_comparison(split, "new", "old", min_labelled=301) is None, "too few labelled predictions"
+    assert live_comparison(split, "new", "absent", min_labelled=1) is None
+
+
+def test_live_evidence_holds_back_a_challenger_that_is_worse_in_service(champion):
+    offline = compare(variant(champion, 7, fix_corrupted=0.4), champion)  # better offline beyond noise
+    assert promotion_decision("new", "old", offline, GatePolicy()).passed
+    worse = pd.concat([served("new", range(400), 0.20, 0.8, 1), served("old", range(400), 0.03, 0.8, 2)])
+    live = live_comparison(worse, "new", "old", resamples=500)
+    decision = promotion_decision("new", "old", offline, GatePolicy(), live)
+    assert not decision.passed and "live error is worse beyond noise" in decision.verdict, decision.verdict
+    assert "mCE" not in decision.verdict and decision.inputs["live"]["design"] == "paired"
+    assert promotion_decision("new", "old", offline, GatePolicy(use_live_evidence=False), live).passed
+    tolerant = GatePolicy(live_error_tolerance=0.5, live_automation_tolerance=0.5)
+    assert promotion_decision("new", "old", offline, tolerant, live).passed
+    # fewer auto-accepted answers at the same error is worse business
+    timid = pd.concat([served("new", range(400), 0.03, 0.4, 1), served("old", range(400), 0.03, 0.8, 2)])
+    held = promotion_decision("new", "old", offline, GatePolicy(), live_comparison(timid, "new", "old", resamples=500))
+    assert not held.passed and "live automation rate is worse" in held.verdict, held.verdict
+    # live evidence never pushes a challenger through that the offline evidence refuses
+    better_live = pd.concat([served("new", range(400), 0.01, 0.9, 1), served("old", range(400), 0.2, 0.5, 2)])
+    flat = compare(champion, champion, resamples=200)
+    live = live_comparison(better_live, "new", "old", resamples=500)
+    assert not promotion_decision("new", "old", flat, GatePolicy(), live).passed
+    good = promotion_decision("new", "old", offline, GatePolicy(), live)
+    assert good.passed and "in the scoring service (paired, 400 and 400" in good.verdict, good.verdict

@@ -10,8 +10,10 @@ from dagster import AssetCheckSeverity, AssetKey
 from PIL import Image
 
 from dc_pipeline.api import load_model, load_split
+from dc_pipeline.catalog import JUDGE_JOB
 from dc_pipeline.core.data.dataset_store import open_version
 from dc_pipeline.core.ml.registry import RegistryError
+from dc_pipeline.core.serving.prediction_log import PREDICTIONS_FOLDER, PredictionLog
 from dc_pipeline.ops.reproduce import reproduce
 
 from .conftest import tiny_run_config
@@ -123,6 +125,46 @@ def test_gate_refuses_a_challenger_that_does_not_beat_the_champion(pipeline):
     assert champion_rows.version_id.tolist() == [champion]
     decisions = pipeline.sql("SELECT passed, challenger FROM registry.gate_decisions ORDER BY decided_at")
     assert decisions.passed.tolist() == [True, False] and decisions.challenger.iloc[-1] == challenger
+
+    # The scoring service then ran both in shadow mode, and labels arrived for the images it scored: the
+    # challenger was wrong on a third of them. Judged again (no training), with an offline policy it would
+    # pass, the live evidence holds it back; without the live evidence it is promoted.
+    images = pipeline.sql("SELECT sha256, label FROM clean.images WHERE label IS NOT NULL ORDER BY sha256 LIMIT 300")
+    log = PredictionLog(pipeline.data.joinpath(*PREDICTIONS_FOLDER))
+    for i, image in enumerate(images.itertuples()):
+        for version, arm, wrong in ((champion, "champion", False), (challenger, "challenger", i % 3 == 0)):
+            log.append(
+                {
+                    "request_id": f"request-{i}",
+                    "arm": arm,
+                    "answered": arm == "champion",
+                    "model_version": version,
+                    "predicted_class": (image.label + 1) % 10 if wrong else image.label,
+                    "confidence": 0.99,
+                    "routing": "auto_accept",
+                    "image_sha256": image.sha256,
+                }
+            )
+    log.flush()
+    lenient = tiny_run_config(
+        gate={"mce_relative_margin": -10.0, "max_clean_error_increase": 1.0, "calibration_tolerance": 1.0}
+    )["ops"]
+    judge = pipeline.defs.resolve_job_def(JUDGE_JOB)
+    ops = {k: v for k, v in lenient.items() if k.startswith("evaluation__")}
+    held = judge.execute_in_process(instance=pipeline.instance, run_config={"ops": ops})
+    assert held.success
+    gate = next(e for e in held.get_asset_check_evaluations() if e.check_name == "promotion_gate")
+    verdict = gate.metadata["verdict"].value
+    assert not gate.passed and "live error is worse beyond noise" in verdict and "paired, 300 and 300" in verdict
+    assert "paired, 300 and 300 labelled predictions" in gate.metadata["live_evidence"].value
+    assert pipeline.sql("SELECT count(*) AS n FROM serving.predictions").n.item() == 600
+    offline_only = {**ops}
+    offline_only["evaluation__model_evaluation_promotion_gate"]["config"]["use_live_evidence"] = False
+    promoted = judge.execute_in_process(instance=pipeline.instance, run_config={"ops": offline_only})
+    assert promoted.success and pipeline.check_passed(promoted, "promotion_gate") == [True]
+    assert (
+        pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item() == challenger
+    )
 
 
 def test_load_model_refuses_tampered_weights(pipeline):

@@ -4,9 +4,13 @@ from dagster import AssetSelection, define_asset_job
 
 from dc_pipeline.catalog import (
     AUDIT_TRAIL,
+    CHAMPION,
+    CORRUPTED_TEST,
     CURATION,
     DATA_GROUPS,
+    JUDGE_JOB,
     LABELLING_QUEUE,
+    MODEL_EVALUATION,
     MODEL_GROUPS,
     OVERVIEW,
     REFRESH_JOB,
@@ -80,5 +84,13 @@ def pipeline_jobs() -> list:
             selection=AssetSelection.groups(SERVING),
             description="Take in the scoring service's new prediction log files and report each A/B arm's "
             "figures on the predictions labelled by now.",
+        ),
+        define_asset_job(
+            JUDGE_JOB,
+            selection=AssetSelection.assets(CORRUPTED_TEST, MODEL_EVALUATION, CHAMPION)
+            | AssetSelection.groups(SERVING),
+            description="Judge the current challenger again without training, now with the scoring service's "
+            "evidence: take in new prediction logs, re-evaluate the newest models and the champion on the current "
+            "data, run the promotion gate and move the champion alias if it passes.",
         ),
     ]

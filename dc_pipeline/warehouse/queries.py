@@ -51,3 +51,20 @@ def canonical_batch(rows, lake, size: int):
 
     store = lake.object_store()
     return canonical_array([store.get(s) for s in rows["sha256"]], size)
+
+
+def labelled_predictions(conn, versions: tuple[str, ...] | None = None, answered_only: bool = False):
+    """The scoring service's predictions whose images have a label by now (joined on the image's sha256 with
+    the clean images' labels, reviews included): ``request_id``, ``arm``, ``answered``, ``model_version``,
+    ``predicted_class``, ``routing``, ``label``; of ``versions`` only when given."""
+    where = ["TRUE"] + (["p.answered"] if answered_only else [])
+    params: list = []
+    if versions is not None:
+        where.append(f"p.model_version IN ({', '.join('?' for _ in versions)})")
+        params += list(versions)
+    return conn.execute(
+        "SELECT p.request_id, p.arm, p.answered, p.model_version, p.predicted_class, p.routing, i.label "
+        f"FROM {T.SERVED_PREDICTIONS} p JOIN (SELECT sha256, any_value(label) AS label FROM {T.CLEAN_IMAGES} "
+        f"WHERE label IS NOT NULL GROUP BY sha256) i ON i.sha256 = p.image_sha256 WHERE {' AND '.join(where)}",
+        params,
+    ).df()

@@ -14,13 +14,16 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from dc_pipeline.core.ml.bootstrap import Comparison, Interval
 from dc_pipeline.core.paths import PathOutsideDataFolder, stored_file, to_relative
 from dc_pipeline.core.storage import Location, OutsideStorageRoot, as_location
+
+if TYPE_CHECKING:
+    from dc_pipeline.core.serving.ab_report import LiveComparison
 
 ALIASES = ("champion", "challenger")
 
@@ -286,6 +289,10 @@ class GatePolicy:
     confidence_level: float = 0.95
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
+    use_live_evidence: bool = True  # the scoring service's labelled predictions, when there are enough
+    live_min_labelled: int = 100  # per model
+    live_error_tolerance: float = 0.0  # refused if a live error difference's interval lies above this
+    live_automation_tolerance: float = 0.0  # refused if the automation rate difference's lies below -this
 
 
 @dataclass(frozen=True)
@@ -302,10 +309,34 @@ GUARDED = (  # (figure, name in verdicts, policy field with the tolerated increa
     ("clean_error", "clean error", "max_clean_error_increase"),
     ("rms_calibration_corrupted", "RMS calibration error on corrupted data", "calibration_tolerance"),
 )
+LIVE_GUARDED = (  # (live figure, name in verdicts, worse when the difference is: +1 higher, -1 lower, tolerance)
+    ("error", "live error", 1, "live_error_tolerance"),
+    ("accepted_error", "live error among auto-accepted answers", 1, "live_error_tolerance"),
+    ("automation_rate", "live automation rate", -1, "live_automation_tolerance"),
+)
+
+
+def live_failures(live: LiveComparison, policy: GatePolicy) -> list[str]:
+    """Why the service's evidence holds the challenger back: a live figure worse beyond noise."""
+    failures = []
+    for key, name, worse, tolerance in LIVE_GUARDED:
+        d, allowed = live.difference[key], getattr(policy, tolerance)
+        if d.above(allowed) if worse > 0 else d.below(-allowed):
+            side = "above" if worse > 0 else "below"
+            failures.append(
+                f"{name} is worse beyond noise in the scoring service: challenger - champion "
+                f"{d.text(signed=True)} ({live.design}, {live.n_challenger} and {live.n_champion} labelled "
+                f"predictions) lies wholly {side} {worse * allowed:+.4f}"
+            )
+    return failures
 
 
 def promotion_decision(
-    challenger: str, champion: str | None, evidence: Comparison | dict[str, Interval], policy: GatePolicy
+    challenger: str,
+    champion: str | None,
+    evidence: Comparison | dict[str, Interval],
+    policy: GatePolicy,
+    live: LiveComparison | None = None,
 ) -> GateDecision:
     """Decide whether ``challenger`` may replace ``champion``.
 
@@ -314,6 +345,10 @@ def promotion_decision(
     ``-mce_relative_margin`` x the champion's mCE) and not worse beyond noise on clean error and on RMS
     calibration error on corrupted data (no interval of a difference wholly above its tolerance). The
     first model ever (``evidence``: its own intervals) must have point estimates within absolute bounds.
+
+    ``live``, the two models on the scoring service's labelled predictions (A/B split or shadow), can only hold
+    a challenger back: it is refused when its live error, error among auto-accepted answers or automation rate
+    is worse beyond noise. The offline robustness evidence stays necessary.
     """
     own = evidence.a if isinstance(evidence, Comparison) else evidence
     broken = [
@@ -359,12 +394,22 @@ def promotion_decision(
                 f"{name} is worse beyond noise: challenger - champion {d[key].text(signed=True)} ({level}) "
                 f"lies wholly above {allowed:+.4f}"
             )
+    if live is not None and policy.use_live_evidence:
+        failures += live_failures(live, policy)
+    live_text = (
+        f"; in the scoring service ({live.design}, {live.n_challenger} and {live.n_champion} labelled predictions) "
+        f"error difference {live.difference['error'].text(signed=True)}"
+        if live is not None and policy.use_live_evidence
+        else ""
+    )
     verdict = (
         f"promoted: mCE {evidence.a['mce'].estimate:.4f} vs {evidence.b['mce'].estimate:.4f}, difference "
         f"{d['mce'].text(signed=True)} ({level}, {evidence.n} evaluation images); clean error "
-        f"{evidence.a['clean_error'].estimate:.4f} vs {evidence.b['clean_error'].estimate:.4f}"
+        f"{evidence.a['clean_error'].estimate:.4f} vs {evidence.b['clean_error'].estimate:.4f}{live_text}"
         if not failures
         else "refused: " + "; ".join(failures)
     )
     inputs = {**evidence.as_dict(("challenger", "champion")), "policy": vars(policy)}
+    if live is not None:
+        inputs["live"] = {**live.as_dict(), "used": policy.use_live_evidence}
     return GateDecision(challenger, champion, not failures, verdict, inputs, d["mce"])

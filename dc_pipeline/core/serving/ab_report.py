@@ -7,12 +7,15 @@ overall error. Requests are the resampled unit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from dc_pipeline.core.ml.bootstrap import Interval, bootstrap_indices
+from dc_pipeline.core.ml.bootstrap import Interval
 
 AB_FIGURES = ("error", "automation_rate", "accepted_error")
+_CHUNK_VALUES = 4_000_000  # resampled values per chunk
 
 
 def _interval(estimate: float, draws: np.ndarray, level: float) -> Interval:
@@ -33,19 +36,8 @@ def arm_figures(labelled: pd.DataFrame, resamples: int = 2000, level: float = 0.
         wrong = (group["predicted_class"].to_numpy() != group["label"].to_numpy()).astype(float)
         accepted = (group["routing"].to_numpy() == "auto_accept").astype(float)
         n = len(group)
-        idx = bootstrap_indices(n, resamples, seed)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            accepted_wrong = (wrong * accepted)[idx].sum(axis=1) / accepted[idx].sum(axis=1)
-            estimates = {
-                "error": wrong.mean(),
-                "automation_rate": accepted.mean(),
-                "accepted_error": (wrong * accepted).sum() / accepted.sum() if accepted.sum() else float("nan"),
-            }
-        draws = {
-            "error": wrong[idx].mean(axis=1),
-            "automation_rate": accepted[idx].mean(axis=1),
-            "accepted_error": accepted_wrong,
-        }
+        estimates = _figures(wrong, accepted)
+        (draws,) = resampled_figures([(wrong, accepted)], resamples, seed)
         for figure in AB_FIGURES:
             interval = _interval(float(estimates[figure]), draws[figure], level)
             rows.append(
@@ -61,3 +53,108 @@ def arm_figures(labelled: pd.DataFrame, resamples: int = 2000, level: float = 0.
                 }
             )
     return pd.DataFrame(rows, columns=["arm", "model_version", "figure", "n", "value", "low", "high", "level"])
+
+
+# -- live evidence for the promotion gate ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveComparison:
+    """The challenger against the champion on the service's labelled predictions: each figure's difference
+    (challenger minus champion) with a bootstrap interval, and how it was drawn."""
+
+    challenger: str
+    champion: str
+    design: str  # "paired": the same requests scored by both (shadow); "independent": each its own requests
+    n_challenger: int
+    n_champion: int
+    difference: dict[str, Interval]
+    challenger_figures: dict[str, float]
+    champion_figures: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return {
+            "design": self.design,
+            "n_challenger": self.n_challenger,
+            "n_champion": self.n_champion,
+            "challenger": self.challenger_figures,
+            "champion": self.champion_figures,
+            "difference": {k: v.as_dict() for k, v in self.difference.items()},
+        }
+
+
+def _figures(wrong: np.ndarray, accepted: np.ndarray) -> dict[str, np.ndarray]:
+    """Error, automation rate and error among auto-accepted, over the last axis (``[N]`` or ``[R, N]``)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = {
+            "error": wrong.mean(axis=-1),
+            "automation_rate": accepted.mean(axis=-1),
+            "accepted_error": (wrong * accepted).sum(axis=-1) / accepted.sum(axis=-1),
+        }
+    return values
+
+
+def resampled_figures(
+    outcomes: list[tuple[np.ndarray, np.ndarray]], resamples: int, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Each ``(wrong, accepted)`` pair's figures on the same ``resamples`` bootstrap draws of its rows (the
+    pairs have the same rows: a paired resample), drawn in chunks so memory stays bounded for any row count."""
+    n = len(outcomes[0][0])
+    if resamples < 1:
+        raise ValueError("at least one bootstrap resample is needed")
+    rng, chunk = np.random.default_rng(seed), max(1, _CHUNK_VALUES // max(n, 1))
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in outcomes]
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        for part, (wrong, accepted) in zip(parts, outcomes):
+            part.append(_figures(wrong[idx], accepted[idx]))
+    return [{k: np.concatenate([p[k] for p in part]) for k in part[0]} for part in parts]
+
+
+def live_comparison(
+    scored: pd.DataFrame,
+    challenger: str,
+    champion: str,
+    min_labelled: int = 100,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> LiveComparison | None:
+    """``scored``: the service's predictions whose images have a label (``request_id``, ``model_version``,
+    ``predicted_class``, ``routing``, ``label``), answered or shadow. None when either model has fewer than
+    ``min_labelled`` of them. When at least ``min_labelled`` requests were scored by both (shadow mode), the
+    comparison is paired on those requests; otherwise (a split) each model's requests are resampled apart."""
+    rows = scored.drop_duplicates(["request_id", "model_version"])
+    mine, theirs = (rows[rows.model_version == v].set_index("request_id") for v in (challenger, champion))
+    if min(len(mine), len(theirs)) < max(min_labelled, 1):
+        return None
+
+    def outcome(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        wrong = (frame["predicted_class"].to_numpy() != frame["label"].to_numpy()).astype(float)
+        return wrong, (frame["routing"].to_numpy() == "auto_accept").astype(float)
+
+    shared = mine.index.intersection(theirs.index)
+    design = "paired" if len(shared) >= max(min_labelled, 1) else "independent"
+    if design == "paired":
+        mine, theirs = mine.loc[shared], theirs.loc[shared]
+    (wa, aa), (wb, ab) = outcome(mine), outcome(theirs)
+    est_a, est_b = _figures(wa, aa), _figures(wb, ab)
+    if design == "paired":
+        draws_a, draws_b = resampled_figures([(wa, aa), (wb, ab)], resamples, seed)
+    else:
+        (draws_a,), (draws_b,) = (
+            resampled_figures([(wa, aa)], resamples, seed),
+            resampled_figures([(wb, ab)], resamples, seed + 1),
+        )
+    difference = {
+        k: _interval(float(est_a[k] - est_b[k]), draws_a[k] - draws_b[k], level)
+        for k in ("error", "automation_rate", "accepted_error")
+    }
+    return LiveComparison(
+        challenger,
+        champion,
+        design,
+        len(mine),
+        len(theirs),
+        difference,
+        {k: float(v) for k, v in est_a.items()},
+        {k: float(v) for k, v in est_b.items()},
+    )

@@ -21,6 +21,7 @@ from dc_pipeline.catalog import (
     DATASET_VERSION,
     EVALUATION,
     MODEL_EVALUATION,
+    PREDICTION_LOG,
     T,
     accelerator_tags,
     warehouse_pool,
@@ -381,6 +382,20 @@ def evaluation_summary(bounds: dict, relative_mce=None, vs_champion=None) -> str
     return ", ".join(parts) + f" ({level:.0%} intervals)"
 
 
+def live_summary(live, policy) -> str:
+    """What the gate read from the scoring service, in one line."""
+    if not policy.use_live_evidence:
+        return "not used (use_live_evidence is off)"
+    if live is None:
+        return (
+            f"not enough yet: each model needs {policy.live_min_labelled} labelled predictions in serving.predictions"
+        )
+    return (
+        f"{live.design}, {live.n_challenger} and {live.n_champion} labelled predictions; challenger - champion: "
+        + ", ".join(f"{k.replace('_', ' ')} {v.text(signed=True)}" for k, v in live.difference.items())
+    )
+
+
 class PromotionPolicy(Config):
     mce_relative_margin: float = Field(
         default=0.0,
@@ -405,12 +420,31 @@ class PromotionPolicy(Config):
     confidence_level: float = Field(default=0.95, description="Confidence level of the paired intervals.")
     bootstrap_resamples: int = Field(default=2000, description="Bootstrap resamples of the evaluation images.")
     bootstrap_seed: int = Field(default=0, description="Seed of the bootstrap resampling.")
+    use_live_evidence: bool = Field(
+        default=True,
+        description="Also read the scoring service's evidence: the two models' predictions whose images have a "
+        "label by now (A/B split or shadow). It can only hold a challenger back, never push one through.",
+    )
+    live_min_labelled: int = Field(
+        default=100, ge=1, description="Labelled predictions each model needs before the live evidence counts."
+    )
+    live_error_tolerance: float = Field(
+        default=0.0,
+        description="Refused when the interval of challenger minus champion live error (overall, or among "
+        "auto-accepted answers) lies wholly above this.",
+    )
+    live_automation_tolerance: float = Field(
+        default=0.0,
+        description="Refused when the interval of challenger minus champion live automation rate lies wholly "
+        "below minus this.",
+    )
 
 
 @asset_check(
     asset=MODEL_EVALUATION,
     name="promotion_gate",
     blocking=True,
+    additional_deps=[PREDICTION_LOG],
     pool=warehouse_pool(),
     description=(
         "Blocking. Decides on evidence: the challenger and the champion are compared on the same, current test "
@@ -418,7 +452,9 @@ class PromotionPolicy(Config):
         "becomes champion only if it is better on mCE beyond noise (the 95% interval of challenger minus "
         "champion mCE lies wholly below zero) and not worse beyond noise on clean error and on RMS calibration "
         "error on corrupted data (neither difference's interval lies wholly above zero); margins and the level "
-        "are in the launchpad. The first model ever is promoted if it is within absolute bounds (clean error "
+        "are in the launchpad. When the scoring service has scored both models on at least 100 labelled images "
+        "each (A/B split or shadow, from serving.predictions), that evidence can hold the challenger back: it is "
+        "refused if its live error, error among auto-accepted answers or automation rate is worse beyond noise. The first model ever is promoted if it is within absolute bounds (clean error "
         "<= 10%, mCE <= 40%, RMS calibration error <= 0.25). The verdict, the mCE difference with its interval "
         "and every figure of both models with intervals go to registry.gate_decisions. A refused challenger is "
         "an outcome, not a failure: the check warns, the champion stays, the run succeeds and an alert of kind "
@@ -431,6 +467,8 @@ def promotion_gate(
 ) -> AssetCheckResult:
     from dc_pipeline.core.ml.bootstrap import compare, intervals
     from dc_pipeline.core.ml.registry import GatePolicy, Registry, promotion_decision
+    from dc_pipeline.core.serving.ab_report import live_comparison
+    from dc_pipeline.warehouse.queries import labelled_predictions
 
     policy = GatePolicy(**config.model_dump())
     boot = {"resamples": policy.bootstrap_resamples, "level": policy.confidence_level, "seed": policy.bootstrap_seed}
@@ -440,13 +478,17 @@ def promotion_gate(
         challenger = registry.get("challenger")["version_id"]
         champion = registry.alias("champion")
         mine = stored_outcomes(conn, challenger, dataset_hash)
+        live = None
         if champion is None:
             evidence = intervals(mine, **boot)
         elif champion == challenger:
             evidence = {}
         else:
             evidence = compare(mine, stored_outcomes(conn, champion, dataset_hash), **boot)
-        decision = promotion_decision(challenger, champion, evidence, policy)
+            if policy.use_live_evidence:
+                scored = labelled_predictions(conn, (challenger, champion))
+                live = live_comparison(scored, challenger, champion, policy.live_min_labelled, **boot)
+        decision = promotion_decision(challenger, champion, evidence, policy, live)
         registry.record_gate(decision, context.run.run_id)
     # A challenger refused next to a champion is an outcome: a warning, the champion stays, the run goes on
     # (and the alert says so). A first model refused leaves nothing to serve: an error that fails the run.
@@ -472,6 +514,7 @@ def promotion_gate(
             ),
             "mce_difference": float(decision.mce_difference.estimate),
             "mce_difference_interval": f"[{decision.mce_difference.low:+.4f}, {decision.mce_difference.high:+.4f}]",
+            "live_evidence": live_summary(live, policy),
         }
         if decision.mce_difference is not None
         else {}

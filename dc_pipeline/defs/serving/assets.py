@@ -98,15 +98,11 @@ def ab_report(context: AssetExecutionContext, config: ABReportConfig, warehouse:
     import datetime as dt
 
     from dc_pipeline.core.serving.ab_report import arm_figures
-    from dc_pipeline.warehouse.io import append_rows, read
+    from dc_pipeline.warehouse.io import append_rows
+    from dc_pipeline.warehouse.queries import labelled_predictions
 
     with warehouse.get_connection() as conn:
-        labelled = read(
-            conn,
-            f"SELECT p.arm, p.model_version, p.predicted_class, p.routing, i.label FROM {T.SERVED_PREDICTIONS} p "
-            f"JOIN (SELECT sha256, any_value(label) AS label FROM {T.CLEAN_IMAGES} WHERE label IS NOT NULL "
-            "GROUP BY sha256) i ON i.sha256 = p.image_sha256 WHERE p.answered",
-        )
+        labelled = labelled_predictions(conn, answered_only=True)
         answered = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS} WHERE answered").fetchall()[0][0]
         figures = arm_figures(labelled, config.bootstrap_resamples, config.confidence_level, config.bootstrap_seed)
         figures.insert(0, "reported_at", dt.datetime.now(dt.UTC).replace(tzinfo=None))

@@ -95,6 +95,25 @@ def tiny_run_config(epochs: int = 6, width: int = 8, seed: int = 0, gate: dict |
     }
 
 
+def published_day_zero(data: Path, home: Path, images: int = 400) -> None:
+    """A data folder with day 0 ingested and its dataset version published, under a Dagster home with the
+    project's ``dagster.yaml`` (run queue and pools, as deployed): enough images of ``field_app`` and
+    ``partner_api`` that every dataset version built afterwards holds every class in every split."""
+    import shutil
+
+    from dc_pipeline.demo.batches import write_demo_batch
+
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).parents[1] / "data" / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    for source in ("field_app", "partner_api"):
+        write_demo_batch(data / "landing", source, images, "none", seed=100, batch_id="day-0")
+    with DagsterInstance.from_config(str(home)) as instance:
+        day0 = Pipeline(data, instance, resources_for(data))
+        for source in ("field_app", "partner_api"):
+            assert day0.ingest(source, "day-0").success
+        assert day0.refresh_data().success
+
+
 def make_pipeline(path: Path, demo: bool = True) -> Pipeline:
     if demo:
         write_demo_landing(path / "landing", seed=7)

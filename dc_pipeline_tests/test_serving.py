@@ -34,7 +34,7 @@ TOKEN = "t" * 24
 SPEC = {"in_channels": 1, "n_classes": 10, "width": 4, "depth": 2, "input_size": 28, "classes": list(range(10))}
 
 
-def register(data: Path, seed: int, alias: str | None, threshold: float = 0.5) -> str:
+def register(data: Path, seed: int, alias: str | None, threshold: float = 0.5, dataset_hash: str = "d" * 64) -> str:
     torch.manual_seed(seed)
     network = build_model({k: SPEC[k] for k in ("in_channels", "n_classes", "width", "depth", "input_size")})
     with connect(data / "warehouse.duckdb", data) as conn:
@@ -42,7 +42,7 @@ def register(data: Path, seed: int, alias: str | None, threshold: float = 0.5) -
         version, _ = registry.register(
             "augmix",
             network.state_dict(),
-            dataset_hash="d" * 64,
+            dataset_hash=dataset_hash,
             code={"commit": "abc", "dirty": False, "label": "abc"},
             config={},
             seed=seed,
@@ -334,3 +334,88 @@ def test_labelled_records_land_as_micro_batches(tmp_path, digits) -> None:
     first, last = answers[0][1]["batch_id"], answers[3][1]["batch_id"]
     assert first != last and (tmp_path / "landing" / "field_app" / first / "_SUCCESS").is_file()
     assert (tmp_path / "landing" / "field_app" / last / "_SUCCESS").is_file(), "closed at shutdown"
+
+
+def test_a_labelled_record_is_scored_through_the_landing_sensor_and_the_run_queue(tmp_path, monkeypatch, digits):
+    """Record to scored with the deployed machinery: the service closes a micro-batch, the landing sensor (the
+    sensor daemon's iteration) requests its ingest run, the run queue (the queue daemon's iteration, with the
+    project's dagster.yaml and pools) launches it in its own process through a code server, and the run
+    takes the records through the contract, cleaning, features and the champion's batch scores."""
+    import logging
+
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    from dagster._daemon.sensor import execute_sensor_iteration
+    from sklearn.datasets import load_digits
+
+    from dc_pipeline.catalog import LANDING_SENSOR
+    from dc_pipeline.core.data.contracts import load_contracts
+    from dc_pipeline.core.serving.records import MicroBatchWriter
+    from dc_pipeline.settings import PACKAGED_CONTRACTS
+    from dc_pipeline.warehouse.queries import published_dataset_hash
+
+    from .conftest import published_day_zero
+
+    data, home = tmp_path / "data", tmp_path / "dagster_home"
+    monkeypatch.setenv("DC_TEST_DATA", str(data))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    published_day_zero(data, home)
+    with connect(data / "warehouse.duckdb", data) as conn:
+        dataset_hash = published_dataset_hash(conn)
+    champion = register(data, 1, "champion", dataset_hash=dataset_hash)
+    writer = MicroBatchWriter(data / "landing", load_contracts(PACKAGED_CONTRACTS)["field_app"], max_records=5)
+    labels = [int(v) for v in load_digits().target[:5]]
+    records = []
+    for i in range(5):
+        pixels = digits[i].copy()
+        pixels[0, 0] = 200 + i  # new images: day 0 may hold these very digits (cleaning drops duplicates)
+        records.append(png(pixels))
+    headers = {"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"}
+    with Service(data, ABPolicy("off"), records=writer) as service:
+        sent = time.monotonic()
+        answers = [service.call(f"/v1/records?label={labels[i]}", records[i], headers) for i in range(5)]
+    assert [status for status, _ in answers] == [200] * 5
+    batch_id = answers[0][1]["batch_id"]
+    assert (data / "landing" / "field_app" / batch_id / "_SUCCESS").is_file(), "closed at five records"
+
+    target = ModuleTarget(
+        module_name="dc_pipeline_tests.storm_location",
+        attribute="defs",
+        working_directory=str(Path(__file__).parents[1]),
+        location_name="records",
+    )
+    queue, log = QueuedRunCoordinatorDaemon(interval_seconds=1), logging.getLogger("records")
+    finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+    with (
+        DagsterInstance.from_config(str(home)) as instance,
+        create_test_daemon_workspace_context(target, instance) as workspace,
+    ):
+        deadline = time.monotonic() + 600
+        while True:
+            list(execute_sensor_iteration(workspace, log, None, None))
+            list(queue.run_iteration(workspace))
+            runs = instance.get_runs(RunsFilter(tags={"dagster/sensor_name": LANDING_SENSOR}))
+            if runs and all(r.status in finished for r in runs):
+                break
+            assert time.monotonic() < deadline, {r.run_id: r.status for r in runs}
+            time.sleep(1)
+        errors = [
+            e.dagster_event.event_specific_data.error.message
+            for r in runs
+            for e in instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_FAILURE)
+        ]
+        assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS], errors
+        assert [r.tags.get("dagster/partition") for r in runs] == [batch_id]
+    elapsed = time.monotonic() - sent
+    with connect(data / "warehouse.duckdb", data, read_only=True) as conn:
+        scored = conn.execute(
+            "SELECT model_version FROM scoring.predictions WHERE source = 'field_app' AND batch_id = ?", [batch_id]
+        ).fetchall()
+        clean = conn.execute(
+            "SELECT sha256, label FROM clean.images WHERE source = 'field_app' AND batch_id = ?", [batch_id]
+        ).fetchall()
+    assert [v for (v,) in scored] == [champion] * 5, "every record scored by the champion"
+    assert sorted(clean) == sorted((hashlib.sha256(r).hexdigest(), label) for r, label in zip(records, labels))
+    print(f"record to scored through the sensor and the run queue: {elapsed:.1f} s")

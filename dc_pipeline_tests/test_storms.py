@@ -10,7 +10,6 @@ daemon tick, competing with the runs' steps for the file.
 """
 
 import logging
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,12 +24,10 @@ from dagster._daemon.sensor import execute_sensor_iteration
 
 from dc_pipeline.api import load_split
 from dc_pipeline.catalog import LANDING_SENSOR, raw_key
-from dc_pipeline.defs.resources import resources_for
 from dc_pipeline.demo.batches import write_demo_batch
-from dc_pipeline_tests.conftest import Pipeline
+from dc_pipeline_tests.conftest import published_day_zero
 
 REPO = Path(__file__).parents[1]
-INSTANCE_YAML = REPO / "data" / "dagster_home" / "dagster.yaml"
 STORM = ["field_app"] * 4 + ["partner_api"] * 3 + ["legacy_erp"] * 3
 REDELIVERED = ("field_app", "storm-00")
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
@@ -55,19 +52,9 @@ def redeliver_with_a_changed_manifest(batch_dir: Path) -> None:
 @pytest.fixture
 def storm(tmp_path, monkeypatch):
     data, home = tmp_path / "data", tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
     monkeypatch.setenv("DC_TEST_DATA", str(data))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    # Day 0, ingested and published before the storm: enough images that every dataset version built
-    # during the storm holds every class in every split.
-    for source in ("field_app", "partner_api"):
-        write_demo_batch(data / "landing", source, 400, "none", seed=100, batch_id="day-0")
-    with DagsterInstance.from_config(str(home)) as instance:
-        day0 = Pipeline(data, instance, resources_for(data))
-        for source in ("field_app", "partner_api"):
-            assert day0.ingest(source, "day-0").success
-        assert day0.refresh_data().success
+    published_day_zero(data, home)  # before the storm
     for i, source in enumerate(STORM):
         write_demo_batch(data / "landing", source, 30, "none", seed=10 + i, batch_id=f"storm-{i:02d}")
     return data, home

@@ -270,3 +270,31 @@ def test_live_evidence_holds_back_a_challenger_that_is_worse_in_service(champion
     assert not promotion_decision("new", "old", flat, GatePolicy(), live).passed
     good = promotion_decision("new", "old", offline, GatePolicy(), live)
     assert good.passed and "in the scoring service (paired, 400 and 400" in good.verdict, good.verdict
+
+
+def test_drawing_cell_counts_is_the_row_bootstrap():
+    """The multinomial draw of (wrong, accepted) cell counts gives what resampling rows gives, paired too."""
+    from dc_pipeline.core.serving.ab_report import resampled_figures
+
+    a = served("a", range(500), 0.1, 0.7, 1)
+    wrong, accepted = (a.predicted_class != a.label).to_numpy(), (a.routing == "auto_accept").to_numpy()
+    flip = np.random.default_rng(5).random((2, 500))
+    pairs = [(wrong, accepted), (wrong | (flip[0] < 0.05), accepted & (flip[1] < 0.9))]  # b: a, a little worse
+    drawn = resampled_figures(pairs, 20_000, seed=3)
+    idx = bootstrap_indices(500, 20_000, seed=4)
+    for k, (wrong, accepted) in enumerate(pairs):
+        rows = {
+            "error": wrong[idx].mean(axis=1),
+            "automation_rate": accepted[idx].mean(axis=1),
+            "accepted_error": (wrong & accepted)[idx].sum(axis=1) / accepted[idx].sum(axis=1),
+        }
+        for figure, values in rows.items():
+            assert np.quantile(drawn[k][figure], [0.025, 0.5, 0.975]) == pytest.approx(
+                np.quantile(values, [0.025, 0.5, 0.975]), abs=0.004
+            ), figure
+    # paired: the difference's spread matches the row bootstrap's, far below what independent draws give
+    difference = drawn[0]["error"] - drawn[1]["error"]
+    by_rows = pairs[0][0][idx].mean(axis=1) - pairs[1][0][idx].mean(axis=1)
+    assert difference.std() == pytest.approx(by_rows.std(), rel=0.05)
+    (alone,) = resampled_figures(pairs[1:], 20_000, seed=6)
+    assert difference.std() < 0.5 * (drawn[0]["error"] - alone["error"]).std()

@@ -15,7 +15,6 @@ import pandas as pd
 from dc_pipeline.core.ml.bootstrap import Interval
 
 AB_FIGURES = ("error", "automation_rate", "accepted_error")
-_CHUNK_VALUES = 4_000_000  # resampled values per chunk
 
 
 def _interval(estimate: float, draws: np.ndarray, level: float) -> Interval:
@@ -96,17 +95,33 @@ def resampled_figures(
     outcomes: list[tuple[np.ndarray, np.ndarray]], resamples: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
     """Each ``(wrong, accepted)`` pair's figures on the same ``resamples`` bootstrap draws of its rows (the
-    pairs have the same rows: a paired resample), drawn in chunks so memory stays bounded for any row count."""
-    n = len(outcomes[0][0])
+    pairs have the same rows: a paired resample).
+
+    Every figure depends on the rows only through how many fall in each cell of (wrong, accepted) per model,
+    so a resample's cell counts are drawn directly: a multinomial over the cells with the observed shares is
+    exactly the distribution of the counts when rows are drawn with replacement. The cost is the number of
+    cells per resample, whatever the number of rows."""
     if resamples < 1:
         raise ValueError("at least one bootstrap resample is needed")
-    rng, chunk = np.random.default_rng(seed), max(1, _CHUNK_VALUES // max(n, 1))
-    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in outcomes]
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        for part, (wrong, accepted) in zip(parts, outcomes):
-            part.append(_figures(wrong[idx], accepted[idx]))
-    return [{k: np.concatenate([p[k] for p in part]) for k in part[0]} for part in parts]
+    n, models = len(outcomes[0][0]), len(outcomes)
+    code = np.zeros(n, np.int64)
+    for k, (wrong, accepted) in enumerate(outcomes):
+        code += (2 * wrong.astype(np.int64) + accepted.astype(np.int64)) * 4**k
+    cells = np.bincount(code, minlength=4**models)
+    counts = np.random.default_rng(seed).multinomial(n, cells / n, size=resamples)  # [resamples, cells]
+    figures = []
+    for k in range(models):
+        state = (np.arange(cells.size) // 4**k) % 4  # this model's cell: 2 x wrong + accepted
+        wrong, accepted = counts[:, state >= 2].sum(axis=1), counts[:, state % 2 == 1].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            figures.append(
+                {
+                    "error": wrong / n,
+                    "automation_rate": accepted / n,
+                    "accepted_error": counts[:, state == 3].sum(axis=1) / accepted,
+                }
+            )
+    return figures
 
 
 def live_comparison(

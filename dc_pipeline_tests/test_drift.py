@@ -320,3 +320,12 @@ def test_markdown_html_and_plots(digits):
     md = report.markdown()
     assert md.startswith("# Drift report: **drift**") and "| sharpness |" in md
     assert report.thresholds == DriftThresholds().as_dict()
+
+
+def test_values_without_a_test_read_n_a_not_nan(digits):
+    """A figure that could not be computed (NaN) reads ``n/a`` in the markdown and the page, never ``nan``."""
+    report = digits.report(0, rotate)
+    report.features.iloc[0, report.features.columns.get_loc("p_value")] = np.nan
+    md, page = report.markdown(), report.html()
+    assert "nan" not in md.replace("nance", "") and "n/a" in md
+    assert ">NaN<" not in page and ">nan<" not in page and ">n/a<" in page

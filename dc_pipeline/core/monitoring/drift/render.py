@@ -80,14 +80,14 @@ def report_html(report: Any, plots: dict[str, bytes] | None = None) -> str:
             f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
             f'alt="{esc(name)}"><figcaption>{esc(name)}</figcaption></figure>'
         )
-    body += ["<h2>Image features</h2>", _feature_display(report.features).to_html(float_format="%.4g")]
+    body += ["<h2>Image features</h2>", _feature_display(report.features).to_html(float_format="%.4g", na_rep="n/a")]
     for title, d in (("Labels", report.labels), ("Sources", report.sources)):
         if d is not None:
             body += [
                 f"<h2>{title}</h2><p>{esc(_distribution_summary(d))}</p>",
-                _distribution_frame(d).to_html(float_format="%.4g"),
+                _distribution_frame(d).to_html(float_format="%.4g", na_rep="n/a"),
             ]
-    body += ["<h2>All values</h2>", pd.DataFrame(report.rows()).to_html(index=False, float_format="%.4g")]
+    body += ["<h2>All values</h2>", pd.DataFrame(report.rows()).to_html(index=False, float_format="%.4g", na_rep="n/a")]
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
         "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}.drift{color:#b00}"
@@ -128,7 +128,7 @@ def _md_table(frame: pd.DataFrame) -> str:
         if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
         if isinstance(v, (float, np.floating)):
-            return f"{v:.4g}"
+            return f"{v:.4g}" if np.isfinite(v) else "n/a"  # e.g. no test on a feature constant in both
         return str(v)
 
     head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]

@@ -4,7 +4,8 @@ PostgreSQL holds the Dagster instance and the shared warehouse, Redis brokers tw
 the default queue, one on the accelerator queue), an S3 API server (moto) holds compute logs, step outputs,
 dataset versions and model artifacts, and the Dagster daemon runs the landing sensor and the run queue.
 The cluster is started once for the module and stopped afterwards, also when a test fails. The tests run
-in order: they are one story (ingest the demo, retrain, two batches at once, a crashed run).
+in order: they are one story (ingest the demo, retrain, the readers' role, two batches at once, a crashed run).
+The last test upgrades a PostgreSQL folder made by an older version (trust authentication, all owned by postgres).
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from dc_pipeline.catalog import HISTORY_POOL, RETRAIN_JOB, T, contract_sources
-from dc_pipeline.ops.cluster import BUCKET, LocalCluster
+from dc_pipeline.ops.cluster import (
+    BUCKET,
+    DATABASES,
+    HOST,
+    READER,
+    ROLES_SQL,
+    WRITER,
+    LocalCluster,
+    _as_postgres,
+    postgres_bin,
+)
 from dc_pipeline.settings import get_settings
 
 TIMINGS = Path(os.environ.get("DC_CLUSTER_TIMINGS", Path(tempfile.gettempdir()) / "dc-cluster-timings.json"))
@@ -182,6 +193,52 @@ def test_a_retrain_runs_its_training_on_the_accelerator_queue(cluster, instance)
     assert not (cluster.data_dir / "artifacts").exists()
 
 
+def pg_connect(c: LocalCluster, role: str, db: str = "warehouse", password: str | None = None):
+    """A psycopg2 connection over TCP, with ``password`` only (no ~/.pgpass, no PGPASSWORD)."""
+    import psycopg2
+
+    kw = {"password": password} if password else {}
+    return psycopg2.connect(host=HOST, port=c.pg_port, user=role, dbname=db, passfile="/nonexistent", **kw)
+
+
+def test_readers_log_in_as_a_role_that_may_only_read(cluster):
+    import psycopg2
+
+    from dc_pipeline.api import data_paths, load_model
+    from dc_pipeline.warehouse.connect import read_warehouse
+
+    read_url, passwords = cluster.env()["DC_WAREHOUSE_READ_URL"], cluster.passwords()
+    assert read_url.startswith(f"postgresql://{READER}:") and data_paths()[1] == read_url
+    with read_warehouse(read_url) as conn:  # DuckDB's postgres attach, as the reader
+        assert conn.execute(f"SELECT count(*) FROM {T.CLEAN_IMAGES}").fetchone()[0] > 1000
+    assert load_model("champion").version_id.split("-")[0] in {"baseline", "augmix"}  # the API's default: the reader
+
+    with pg_connect(cluster, READER, password=passwords[READER]) as conn, conn.cursor() as cur:
+        for sql in (
+            "INSERT INTO registry.aliases SELECT * FROM registry.aliases",
+            "DELETE FROM registry.aliases",
+            "CREATE TABLE public.scratch (i int)",
+            "CREATE SCHEMA scratch",
+            "CREATE TEMP TABLE scratch (i int)",
+        ):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(sql)
+            conn.rollback()
+    for role, db in ((READER, "warehouse"), (WRITER, "warehouse"), ("postgres", "warehouse"), (READER, "dagster")):
+        with pytest.raises(psycopg2.OperationalError):  # no password, the superuser, or the reader elsewhere
+            pg_connect(cluster, role, db, passwords[READER] if db == "dagster" else None)
+    for db in DATABASES:
+        with pg_connect(cluster, WRITER, db, passwords[WRITER]) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT tableowner, count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+                "'information_schema') GROUP BY tableowner"
+            )
+            owners = dict(cur.fetchall())
+        assert set(owners) == {WRITER}, (db, owners)
+    assert "password: {env: DAGSTER_PG_PASSWORD}" in (cluster.dagster_home / "dagster.yaml").read_text()
+    assert {oct(f.stat().st_mode & 0o777) for f in (cluster.env_file, cluster.passwords_file)} == {"0o600"}
+
+
 def test_two_batches_at_once_both_land_while_a_reader_reads(cluster, instance):
     from dc_pipeline.api import load_model
     from dc_pipeline.core.data.incremental_cleaning import batch_accounting
@@ -261,3 +318,66 @@ def test_a_crashed_runs_pool_slot_is_freed_by_the_daemon(cluster, instance):
         time.sleep(1)
     timings["slot_freed_after_s"] = time.monotonic() - started
     assert storage.get_concurrency_info(HISTORY_POOL).active_run_ids == set(), logs_tail(cluster)
+
+
+def test_a_cluster_folder_of_an_older_version_is_upgraded_in_place():
+    """PostgreSQL as the older version left it (trust authentication, tables owned by postgres): the next
+    ``start_postgres`` requires passwords, hands the objects to the writer and lets the reader read them."""
+    import psycopg2
+
+    folder = Path(tempfile.mkdtemp(prefix="dc-cluster-old-"))
+    folder.chmod(0o755)
+    old = LocalCluster.on_free_ports(folder)
+    pg, as_postgres = postgres_bin(), _as_postgres()
+    old.pg_dir.mkdir()
+    if as_postgres:
+        shutil.chown(old.pg_dir, "postgres")
+    run = {"check": True, "capture_output": True}
+    subprocess.run([*as_postgres, f"{pg}/initdb", "-D", str(old.pg_dir), "-A", "trust", "-U", "postgres"], **run)
+    options = f"-p {old.pg_port} -k {old.pg_dir} -c listen_addresses={HOST}"
+    start = [*as_postgres, f"{pg}/pg_ctl", "-D", str(old.pg_dir), "-o", options, "-l", str(old.pg_dir / "server.log")]
+    try:
+        subprocess.run([*start, "-w", "start"], **run)
+        psql = [f"{pg}/psql", "-h", HOST, "-p", str(old.pg_port), "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
+        for db in DATABASES:
+            subprocess.run([f"{pg}/createdb", "-h", HOST, "-p", str(old.pg_port), "-U", "postgres", db], **run)
+        old_sql = (
+            "CREATE SCHEMA registry; CREATE TABLE registry.models (id serial PRIMARY KEY, name text); "
+            "INSERT INTO registry.models (name) VALUES ('old'); CREATE VIEW registry.names AS SELECT name FROM "
+            "registry.models; CREATE TABLE public.kv (k text)"
+        )
+        subprocess.run([*psql, "-d", "warehouse", "-c", old_sql], **run)
+        subprocess.run([*psql, "-d", "dagster", "-c", "CREATE TABLE runs (id bigserial PRIMARY KEY)"], **run)
+        old.stop_postgres()
+
+        old.start_postgres()  # what the next `cluster up` does
+        passwords = old.passwords()
+        with pytest.raises(psycopg2.OperationalError):
+            pg_connect(old, "postgres")
+        with pg_connect(old, WRITER, password=passwords[WRITER]) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO registry.models (name) VALUES ('new')")  # the writer owns the sequence too
+            cur.execute(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+                "relowner <> %s::regrole AND relkind IN ('r', 'v', 'S') AND nspname IN ('registry', 'public')",
+                (WRITER,),
+            )
+            assert cur.fetchall() == []
+        with pg_connect(old, WRITER, "dagster", passwords[WRITER]) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO runs DEFAULT VALUES")
+        from dc_pipeline.warehouse.connect import read_warehouse
+
+        with read_warehouse(old.warehouse_read_url()) as conn:
+            assert conn.execute("SELECT name FROM registry.names ORDER BY 1").fetchall() == [("new",), ("old",)]
+        # the compose deployment's init script runs the same SQL; again on the same database, it changes nothing
+        env = {**os.environ, "PATH": f"{pg}{os.pathsep}{os.environ['PATH']}", "PGHOST": str(old.pg_dir),
+               "PGPORT": str(old.pg_port), "POSTGRES_USER": "postgres", "DC_PG_ROLES_SQL": str(ROLES_SQL),
+               "DC_PG_WRITER_PASSWORD": passwords[WRITER], "DC_PG_READER_PASSWORD": passwords[READER]}  # fmt: skip
+        init = Path(__file__).parents[1] / "deploy" / "postgres-init.sh"
+        subprocess.run(["sh", str(init)], env=env, **run)
+        with read_warehouse(old.warehouse_read_url()) as conn:
+            assert conn.execute("SELECT count(*) FROM registry.names").fetchall() == [(2,)]
+        bad = {**env, "DC_PG_READER_PASSWORD": "it's"}
+        assert subprocess.run(["sh", str(init)], env=bad, capture_output=True, check=False).returncode != 0
+    finally:
+        old.stop_postgres()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -27,14 +27,14 @@ __all__ = ["load_model", "load_split", "LoadedModel", "WarehouseBusy"]
 
 def data_paths(data_dir: str | Path | None = None, warehouse: str | Path | None = None) -> tuple[Path, str]:
     """(data folder, warehouse: its DuckDB file or PostgreSQL URL): an explicit ``data_dir`` brings its own
-    warehouse file; otherwise both come from the settings."""
+    warehouse file; otherwise both come from the settings (the readers' URL, DC_WAREHOUSE_READ_URL, when set)."""
     from dc_pipeline.settings import get_settings
 
     if data_dir is not None:
         data = Path(data_dir).resolve()
         return data, str(warehouse) if warehouse else str(data / "warehouse.duckdb")
     settings = get_settings()
-    return settings.data_dir, str(warehouse) if warehouse else settings.warehouse_location
+    return settings.data_dir, str(warehouse) if warehouse else settings.warehouse_read_location
 
 
 def storage(data_dir: Path):

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dc_pipeline.settings import Settings, apply_env_file, load_settings
+from dc_pipeline.settings import Settings, apply_env_file, load_settings, redact_url
 
 
 def cmd_demo_data(args, s: Settings) -> int:
@@ -63,7 +63,7 @@ def cmd_demo_batch(args, s: Settings) -> int:
 def cmd_simulate_labelling(args, s: Settings) -> int:
     from dc_pipeline.ops.review import simulate_labelling
 
-    path, counts = simulate_labelling(s.data_dir, args.top, args.batch_id, s.warehouse_location)
+    path, counts = simulate_labelling(s.data_dir, args.top, args.batch_id, s.warehouse_read_location)
     if path is None:
         print(f"nothing to answer: {counts}")
         return 0
@@ -78,7 +78,9 @@ def cmd_simulate_review(args, s: Settings) -> int:
     if args.unless_reviewed and reviews.is_dir() and any(reviews.iterdir()):
         print(f"{reviews} already has a batch; leaving the review queue as it is")
         return 0
-    path, counts = simulate_review(s.data_dir, args.top, args.batch_id, s.label_ground_truth_path, s.warehouse_location)
+    path, counts = simulate_review(
+        s.data_dir, args.top, args.batch_id, s.label_ground_truth_path, s.warehouse_read_location
+    )
     print(f"wrote {path}: {counts}; the landing sensor ingests it as a `reviews` batch")
     return 0
 
@@ -86,7 +88,7 @@ def cmd_simulate_review(args, s: Settings) -> int:
 def cmd_reproduce(args, s: Settings) -> int:
     from dc_pipeline.ops.reproduce import reproduce
 
-    return reproduce(args.version, s.data_dir, s.warehouse_location)
+    return reproduce(args.version, s.data_dir, s.warehouse_read_location)
 
 
 def cmd_migrate(args, s: Settings) -> int:
@@ -113,11 +115,14 @@ SECRET_SETTINGS = ("serve_tokens",)
 
 
 def cmd_settings(args, s: Settings) -> int:
+    """The resolved settings, without secrets: tokens hidden, passwords in URLs masked."""
     for name in Settings.model_fields:
         value = getattr(s, name)
-        shown = "" if value is None else "(set, not shown)" if name in SECRET_SETTINGS else value
+        shown = "" if value is None else "(set, not shown)" if name in SECRET_SETTINGS else redact_url(str(value))
         print(f"DC_{name.upper()}={shown}")
-    print(f"# warehouse: {s.warehouse_location}")
+    print(f"# warehouse: {redact_url(s.warehouse_location)}")
+    if s.warehouse_read_location != s.warehouse_location:
+        print(f"# warehouse (readers): {redact_url(s.warehouse_read_location)}")
     return 0
 
 

@@ -14,6 +14,7 @@ Dagster home, where there is no ``.env``, so exported variables win there too.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
         default=None,
         description="A PostgreSQL warehouse instead of the DuckDB file (DC_WAREHOUSE_URL, postgresql://user@host:"
         "port/db): several processes and machines read and write it at once.",
+    )
+    warehouse_read_url: str | None = Field(
+        default=None,
+        description="The PostgreSQL warehouse as the processes that only read it open it (DC_WAREHOUSE_READ_URL): "
+        "the API, the scoring service, the demo reviewer, reproduce. Give it a role that may only SELECT; "
+        "default: DC_WAREHOUSE_URL (or the DuckDB file).",
     )
     object_store_url: str | None = Field(
         default=None,
@@ -143,6 +150,11 @@ class Settings(BaseSettings):
         return self.warehouse_url or str(self.warehouse_path)
 
     @property
+    def warehouse_read_location(self) -> str:
+        """What the readers open: the read URL, else what the writers open."""
+        return self.warehouse_read_url or self.warehouse_location
+
+    @property
     def label_ground_truth_path(self) -> Path | None:
         """The known label errors: the setting, else the demo's list in the data folder when it is there."""
         demo = self.data_dir / "demo" / "label_flips.csv"
@@ -164,6 +176,11 @@ class Settings(BaseSettings):
     def with_data_dir(self, data_dir: str | Path) -> Settings:
         """The same settings over another data folder (which brings its own warehouse)."""
         return self.model_copy(update={"data_dir": Path(data_dir).resolve(), "warehouse": None})
+
+
+def redact_url(value: str) -> str:
+    """``value`` with the password of a ``scheme://user:password@host`` URL replaced by ``***``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", r"\1***@", value, flags=re.IGNORECASE)
 
 
 def env_file_values(path: Path) -> dict[str, str]:

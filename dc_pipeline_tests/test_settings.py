@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dc_pipeline.settings import PACKAGED_CONTRACTS, load_settings
+from dc_pipeline.settings import PACKAGED_CONTRACTS, load_settings, redact_url
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,40 @@ def test_exported_variables_win_over_the_env_file(tmp_path):
     assert s.data_dir == tmp_path / "exported"
     assert s.alert_webhook == "http://exported"
     assert s.warehouse_path == tmp_path / "from-file" / "w.duckdb", "what is not exported still comes from .env"
+
+
+def test_readers_open_the_read_url_else_the_writers_warehouse(tmp_path):
+    writer = "postgresql://writer:w-secret@127.0.0.1:5433/warehouse"
+    reader = "postgresql://reader:r-secret@127.0.0.1:5433/warehouse"
+    assert load_settings(environ={}, cwd=tmp_path).warehouse_read_location == str(
+        tmp_path / "data" / "warehouse.duckdb"
+    )
+    s = load_settings(environ={"DC_WAREHOUSE_URL": writer}, cwd=tmp_path)
+    assert s.warehouse_read_url is None and s.warehouse_read_location == writer
+    write_env(tmp_path, DC_WAREHOUSE_READ_URL=reader)
+    s = load_settings(environ={"DC_WAREHOUSE_URL": writer}, cwd=tmp_path)
+    assert s.warehouse_location == writer and s.warehouse_read_location == reader
+
+
+def test_passwords_in_urls_are_masked():
+    assert redact_url("postgresql://reader:r-secret@127.0.0.1:5433/warehouse") == (
+        "postgresql://reader:***@127.0.0.1:5433/warehouse"
+    )
+    assert redact_url("redis://:pw@redis:6379/0") == "redis://:***@redis:6379/0"
+    for unchanged in ("postgresql://postgres@127.0.0.1:5433/warehouse", "/data/warehouse.duckdb", "http://h/a:b@c"):
+        assert redact_url(unchanged) == unchanged
+
+
+def test_the_settings_command_prints_no_password(tmp_path):
+    env = {
+        "DC_WAREHOUSE_URL": "postgresql://writer:w-secret@127.0.0.1:5433/warehouse",
+        "DC_WAREHOUSE_READ_URL": "postgresql://reader:r-secret@127.0.0.1:5433/warehouse",
+        "DC_SERVE_TOKENS": "app=0123456789abcdef-token",
+    }
+    out = run_python("from dc_pipeline.cli import main; main(['settings'])", tmp_path, env)
+    assert "secret" not in out and "0123456789abcdef" not in out, out
+    assert "DC_WAREHOUSE_READ_URL=postgresql://reader:***@127.0.0.1:5433/warehouse" in out.splitlines()
+    assert "# warehouse (readers): postgresql://reader:***@127.0.0.1:5433/warehouse" in out.splitlines()
 
 
 def run_python(code: str, cwd: Path, env: dict) -> str:

@@ -7,12 +7,21 @@ on 127.0.0.1 only; ports and the folder are arguments. ``up`` writes ``cluster.e
 process of the cluster runs with) and the instance's ``dagster.yaml``; ``down`` stops what ``up`` started,
 from the pid files, also after a failed ``up``. A real cluster runs the same parts on their own machines:
 the configuration is the endpoints in ``cluster.env`` (see ``deploy/``).
+
+PostgreSQL roles: the pipeline's processes log in as ``dc_pipeline_writer``, which owns the ``dagster`` and
+``warehouse`` databases and everything in them; readers (the API, the scoring service) as
+``dc_pipeline_reader``, which may only SELECT in ``warehouse``. Both need a password over TCP (generated once,
+kept in ``pg-passwords.json``, mode 0600); the superuser ``postgres`` is reachable only over the Unix socket in
+the data folder, for ``up``'s own administration. ``up`` sets this up on every start, so a cluster folder made
+by an older version (everything owned by ``postgres``, trust authentication) is upgraded in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +36,10 @@ from dc_pipeline.core.atomic import process_alive
 HOST = "127.0.0.1"
 BUCKET = "dc-pipeline"
 DATABASES = ("dagster", "warehouse")
+WRITER = "dc_pipeline_writer"
+READER = "dc_pipeline_reader"
+ROLES_SQL = Path(__file__).with_name("postgres_roles.sql")
+"""Creates both roles and hands a database made before them to the writer (also run by deploy/postgres-init.sh)."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +99,22 @@ class LocalCluster:
     def celery_yaml(self) -> Path:
         return self.folder / "celery.yaml"
 
-    def warehouse_url(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.pg_port}/warehouse"
+    @property
+    def passwords_file(self) -> Path:
+        return self.folder / "pg-passwords.json"
+
+    def passwords(self) -> dict[str, str]:
+        """The roles' passwords: generated on the first call, then read from ``pg-passwords.json`` (mode 0600)."""
+        if not self.passwords_file.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_private(self.passwords_file, json.dumps({r: secrets.token_urlsafe(24) for r in (WRITER, READER)}))
+        return json.loads(self.passwords_file.read_text())
+
+    def warehouse_url(self, role: str = WRITER) -> str:
+        return f"postgresql://{role}:{self.passwords()[role]}@{HOST}:{self.pg_port}/warehouse"
+
+    def warehouse_read_url(self) -> str:
+        return self.warehouse_url(READER)
 
     def s3_endpoint(self) -> str:
         return f"http://{HOST}:{self.s3_port}"
@@ -104,6 +131,8 @@ class LocalCluster:
             "DAGSTER_HOME": str(self.dagster_home),
             "DC_DATA_DIR": str(self.data_dir),
             "DC_WAREHOUSE_URL": self.warehouse_url(),
+            "DC_WAREHOUSE_READ_URL": self.warehouse_read_url(),
+            "DAGSTER_PG_PASSWORD": self.passwords()[WRITER],  # dagster.yaml reads it: {env: DAGSTER_PG_PASSWORD}
             "DC_OBJECT_STORE_URL": f"s3://{BUCKET}/pipeline",
             "DC_S3_ENDPOINT_URL": self.s3_endpoint(),
             "DC_CELERY_BROKER_URL": self.broker_url(),
@@ -127,8 +156,8 @@ class LocalCluster:
 storage:
   postgres:
     postgres_db:
-      username: postgres
-      password: postgres
+      username: {WRITER}
+      password: {{env: DAGSTER_PG_PASSWORD}}
       hostname: {HOST}
       port: {self.pg_port}
       db_name: dagster
@@ -175,7 +204,7 @@ execution:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(self.instance_yaml())
         self.celery_yaml.write_text(self.worker_yaml())
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        _write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in self.env().items()))  # it has passwords
 
     # -- processes -----------------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> int:
@@ -198,6 +227,16 @@ execution:
         local = Path(sys.executable).parent / name
         return str(local) if local.exists() else name
 
+    def pg_hba(self) -> str:
+        return f"""# Written by `dc-pipeline cluster up` on every start.
+# Administration: the superuser over the Unix socket in the data folder, which only its OS user and root reach.
+local all postgres trust
+# The pipeline and the readers: TCP on loopback with a password; never the superuser.
+host all postgres {HOST}/32 reject
+host {",".join(DATABASES)} {WRITER} {HOST}/32 scram-sha-256
+host warehouse {READER} {HOST}/32 scram-sha-256
+"""
+
     def start_postgres(self) -> None:
         pg_bin = postgres_bin()
         as_postgres = _as_postgres()
@@ -211,19 +250,31 @@ execution:
             if as_postgres:  # initdb refuses to run as root
                 shutil.chown(self.pg_dir, "postgres")
             _run([*as_postgres, f"{pg_bin}/initdb", "-D", str(self.pg_dir), "-A", "trust", "-U", "postgres"])
+        (self.pg_dir / "pg_hba.conf").write_text(self.pg_hba())  # keeps initdb's owner and mode
         options = f"-p {self.pg_port} -k {self.pg_dir} -c listen_addresses={HOST}"
         _run(
             [*as_postgres, f"{pg_bin}/pg_ctl", "-D", str(self.pg_dir), "-o", options]
             + ["-l", str(self.pg_dir / "server.log"), "-w", "start"]
         )
-        for db in DATABASES:
-            exists = _run(
-                [f"{pg_bin}/psql", "-h", HOST, "-p", str(self.pg_port), "-U", "postgres", "-tAc"]
-                + [f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
-                capture=True,
-            )
-            if exists.strip() != "1":
-                _run([f"{pg_bin}/createdb", "-h", HOST, "-p", str(self.pg_port), "-U", "postgres", db])
+        self.setup_roles()
+
+    def setup_roles(self) -> None:
+        """The writer and reader roles, the databases, their owner and the reader's grants (``postgres_roles.sql``,
+        idempotent), as the superuser over the Unix socket; the passwords go in on stdin, never in argv, and are
+        blanked out of any error."""
+        passwords = self.passwords()
+        script = "".join(
+            f"\\set {role.removeprefix('dc_pipeline_')}_password '{pw}'\n" for role, pw in passwords.items()
+        )
+        script += f"\\i '{ROLES_SQL}'\n"
+        psql = [f"{postgres_bin()}/psql", "-X", "-q", "-h", str(self.pg_dir), "-p", str(self.pg_port), "-U", "postgres"]
+        try:
+            _run([*psql, "-d", "postgres"], input=script)
+        except RuntimeError as err:
+            message = str(err)
+            for pw in passwords.values():
+                message = message.replace(pw, "********")
+            raise RuntimeError(message) from None
 
     def stop_postgres(self) -> None:
         if not (self.pg_dir / "postmaster.pid").is_file():
@@ -320,11 +371,21 @@ execution:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _run(argv: list[str], capture: bool = False, env: dict | None = None, cwd: Path | None = None) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False)
+def _run(
+    argv: list[str], capture: bool = False, env: dict | None = None, cwd: Path | None = None, input: str | None = None
+) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False, input=input)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return done.stdout if capture else ""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by this user only (mode 0600, also when the file was there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _as_postgres() -> list[str]:

@@ -22,7 +22,7 @@ def simulate_review(
     from dc_pipeline.warehouse.connect import read_warehouse
 
     data = Path(data_dir)
-    db = Path(warehouse or data / "warehouse.duckdb")
+    db = str(warehouse or data / "warehouse.duckdb")  # a Path would mangle a postgresql:// URL
     truth = pd.read_csv(ground_truth or data / "demo" / "label_flips.csv", dtype={"record_id": str})
     with read_warehouse(db) as conn:
         queue = conn.execute("SELECT sha256, given_label FROM curation.review_queue ORDER BY rank").df()

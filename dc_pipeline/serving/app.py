@@ -71,18 +71,18 @@ class ServiceConfig:
 
 
 def registry_follower(settings: Settings) -> AliasFollower:
-    """Aliases resolved in the warehouse (read-only, waiting at most a second for a writer)."""
+    """Aliases resolved in the warehouse (read-only, as the readers' role, waiting at most a second for a writer)."""
     from dc_pipeline.api import load_model
     from dc_pipeline.core.ml.registry import ALIASES
     from dc_pipeline.warehouse.connect import read_warehouse
 
     def resolve(alias: str) -> str | None:
-        with read_warehouse(settings.warehouse_location, wait_seconds=1.0) as conn:
+        with read_warehouse(settings.warehouse_read_location, wait_seconds=1.0) as conn:
             row = conn.execute("SELECT version_id FROM registry.aliases WHERE alias = ?", [alias]).fetchone()
         return row[0] if row else None
 
     def load(version: str):
-        return load_model(version, data_dir=settings.data_dir, warehouse=settings.warehouse_location)
+        return load_model(version, data_dir=settings.data_dir, warehouse=settings.warehouse_read_location)
 
     return AliasFollower(resolve=resolve, load=load, aliases=tuple(a for a in ALIASES if a in (CHAMPION, CHALLENGER)))
 

@@ -298,3 +298,19 @@ def test_drawing_cell_counts_is_the_row_bootstrap():
     assert difference.std() == pytest.approx(by_rows.std(), rel=0.05)
     (alone,) = resampled_figures(pairs[1:], 20_000, seed=6)
     assert difference.std() < 0.5 * (drawn[0]["error"] - alone["error"]).std()
+
+
+def test_a_staged_roll_out_holds_a_challenger_until_the_service_has_judged_it(champion):
+    offline = compare(variant(champion, 7, fix_corrupted=0.4), champion)
+    staged = GatePolicy(require_live_evidence=True, use_live_evidence=False)  # requiring it implies reading it
+    held = promotion_decision("new", "old", offline, staged)
+    assert not held.passed and "held for the scoring service's evidence" in held.verdict, held.verdict
+    alike = pd.concat([served("new", range(300), 0.05, 0.8, 1), served("old", range(300), 0.05, 0.8, 1)])
+    passed = promotion_decision("new", "old", offline, staged, live_comparison(alike, "new", "old", resamples=300))
+    assert passed.passed and "in the scoring service (paired, 300 and 300" in passed.verdict, passed.verdict
+    worse = pd.concat([served("new", range(300), 0.3, 0.8, 1), served("old", range(300), 0.05, 0.8, 1)])
+    vetoed = promotion_decision("new", "old", offline, staged, live_comparison(worse, "new", "old", resamples=300))
+    assert not vetoed.passed and "live error is worse" in vetoed.verdict
+    # a challenger the offline evidence refuses is refused for that, not held
+    flat = promotion_decision("new", "old", compare(champion, champion, resamples=200), staged)
+    assert not flat.passed and "mCE is not better" in flat.verdict and "held" not in flat.verdict

@@ -290,6 +290,7 @@ class GatePolicy:
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
     use_live_evidence: bool = True  # the scoring service's labelled predictions, when there are enough
+    require_live_evidence: bool = False  # a staged roll-out: no promotion before that evidence exists
     live_min_labelled: int = 100  # per model
     live_error_tolerance: float = 0.0  # refused if a live error difference's interval lies above this
     live_automation_tolerance: float = 0.0  # refused if the automation rate difference's lies below -this
@@ -348,7 +349,8 @@ def promotion_decision(
 
     ``live``, the two models on the scoring service's labelled predictions (A/B split or shadow), can only hold
     a challenger back: it is refused when its live error, error among auto-accepted answers or automation rate
-    is worse beyond noise. The offline robustness evidence stays necessary.
+    is worse beyond noise. The offline robustness evidence stays necessary. With ``require_live_evidence``
+    (a staged roll-out) a challenger that passes offline is held until that evidence exists.
     """
     own = evidence.a if isinstance(evidence, Comparison) else evidence
     broken = [
@@ -394,12 +396,19 @@ def promotion_decision(
                 f"{name} is worse beyond noise: challenger - champion {d[key].text(signed=True)} ({level}) "
                 f"lies wholly above {allowed:+.4f}"
             )
-    if live is not None and policy.use_live_evidence:
+    reads_live = policy.use_live_evidence or policy.require_live_evidence
+    if live is not None and reads_live:
         failures += live_failures(live, policy)
+    elif policy.require_live_evidence and not failures:
+        failures.append(
+            f"passes offline, held for the scoring service's evidence: fewer than {policy.live_min_labelled} "
+            "labelled predictions of the challenger and of the champion so far (serve it in shadow or split mode, "
+            "then run judge_challenger)"
+        )
     live_text = (
         f"; in the scoring service ({live.design}, {live.n_challenger} and {live.n_champion} labelled predictions) "
         f"error difference {live.difference['error'].text(signed=True)}"
-        if live is not None and policy.use_live_evidence
+        if live is not None and reads_live
         else ""
     )
     verdict = (
@@ -411,5 +420,5 @@ def promotion_decision(
     )
     inputs = {**evidence.as_dict(("challenger", "champion")), "policy": vars(policy)}
     if live is not None:
-        inputs["live"] = {**live.as_dict(), "used": policy.use_live_evidence}
+        inputs["live"] = {**live.as_dict(), "used": reads_live}
     return GateDecision(challenger, champion, not failures, verdict, inputs, d["mce"])

@@ -384,7 +384,7 @@ def evaluation_summary(bounds: dict, relative_mce=None, vs_champion=None) -> str
 
 def live_summary(live, policy) -> str:
     """What the gate read from the scoring service, in one line."""
-    if not policy.use_live_evidence:
+    if not (policy.use_live_evidence or policy.require_live_evidence):
         return "not used (use_live_evidence is off)"
     if live is None:
         return (
@@ -424,6 +424,12 @@ class PromotionPolicy(Config):
         default=True,
         description="Also read the scoring service's evidence: the two models' predictions whose images have a "
         "label by now (A/B split or shadow). It can only hold a challenger back, never push one through.",
+    )
+    require_live_evidence: bool = Field(
+        default=False,
+        description="A staged roll-out: a challenger that passes offline is held (the champion stays) until the "
+        "scoring service has scored both on enough labelled images; judge_challenger then decides with that "
+        "evidence.",
     )
     live_min_labelled: int = Field(
         default=100, ge=1, description="Labelled predictions each model needs before the live evidence counts."
@@ -487,7 +493,7 @@ def promotion_gate(
             evidence = {}
         else:
             evidence = compare(mine, stored_outcomes(conn, champion, dataset_hash), **boot)
-            if policy.use_live_evidence:
+            if policy.use_live_evidence or policy.require_live_evidence:
                 scored = labelled_predictions(conn, (challenger, champion))
                 live = live_comparison(scored, challenger, champion, policy.live_min_labelled, **boot)
         decision = promotion_decision(challenger, champion, evidence, policy, live)

@@ -112,6 +112,7 @@ def ingest_job_name(source: str) -> str:
 # -- sensors and schedules ---------------------------------------------------------------------------------
 LANDING_SENSOR = "landing_zone_sensor"
 RETRAINING_TRIGGER = "retraining_trigger"
+CHALLENGER_EVIDENCE = "challenger_evidence"
 FAILURE_ALERTS = "run_failure_alerts"
 NIGHTLY_SWEEP = "nightly_monitoring_sweep"
 WEEKLY_RETRAIN = "weekly_full_retrain"

@@ -250,3 +250,52 @@ def test_batches_ingested_by_another_path_are_not_requested_again(pipeline):
     assert ("ingest_field_app", "batch-0001") not in requested
     assert ("ingest_field_app", "batch-0002") in requested
     assert "field_app/batch-0001" in json.loads(result.cursor)
+
+
+def test_challenger_evidence_requests_a_judgement_at_each_doubling_once(tmp_path):
+    from dagster._core.test_utils import create_run_for_test
+
+    from dc_pipeline.catalog import JUDGE_JOB, T
+    from dc_pipeline.core.serving.ab_report import evidence_milestone
+    from dc_pipeline.defs.automation.sensors import challenger_evidence
+    from dc_pipeline.warehouse.connect import connect
+    from dc_pipeline.warehouse.io import append_rows
+
+    assert [evidence_milestone(n, 100) for n in (0, 99, 100, 199, 200, 399, 400, 1000)] == [
+        None, None, 100, 100, 200, 200, 400, 800,
+    ]  # fmt: skip
+    instance, resources = DagsterInstance.ephemeral(), resources_for(tmp_path)
+
+    def served(n: int, labelled: bool = True) -> None:
+        """``n`` more requests scored by both models in shadow mode, on images with a label (or without)."""
+        with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+            start = conn.execute(f"SELECT count(*) FROM {T.SERVED_PREDICTIONS}").fetchall()[0][0] // 2
+            images = pd.DataFrame({"sha256": [f"img-{start + i}" for i in range(n)], "label": 3})
+            if labelled:
+                append_rows(conn, T.CLEAN_IMAGES, images)
+            rows = [
+                {"request_id": f"r{start + i}", "arm": arm, "answered": arm == "champion", "model_version": version,
+                 "predicted_class": 3, "routing": "auto_accept", "image_sha256": f"img-{start + i}"}
+                for i in range(n)
+                for arm, version in (("champion", "augmix-old"), ("challenger", "augmix-new"))
+            ]  # fmt: skip
+            append_rows(conn, T.SERVED_PREDICTIONS, pd.DataFrame(rows))
+
+    result, _ = tick(challenger_evidence, instance, resources)
+    assert isinstance(result, SkipReason) and "no challenger" in result.skip_message
+    with connect(tmp_path / "warehouse.duckdb", tmp_path) as conn:
+        aliases = pd.DataFrame({"alias": ["champion", "challenger"], "version_id": ["augmix-old", "augmix-new"]})
+        append_rows(conn, T.ALIASES, aliases)
+    served(60)
+    served(80, labelled=False)  # scored, but nobody knows the answer yet: not evidence
+    result, _ = tick(challenger_evidence, instance, resources)
+    assert isinstance(result, SkipReason) and "augmix-new 60, champion augmix-old 60" in result.skip_message
+    served(60)
+    result, _ = tick(challenger_evidence, instance, resources)
+    assert isinstance(result, RunRequest) and result.run_key == "judge:augmix-new:augmix-old:100"
+    assert result.tags["dc/live_labelled"] == "120"
+    served(100)  # 220 each: the next milestone
+    assert tick(challenger_evidence, instance, resources)[0].run_key == "judge:augmix-new:augmix-old:200"
+    create_run_for_test(instance, job_name=JUDGE_JOB, status=DagsterRunStatus.STARTED)
+    result, _ = tick(challenger_evidence, instance, resources)
+    assert isinstance(result, SkipReason) and "already started" in result.skip_message

@@ -76,6 +76,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         sensors=[
             sensors.build_landing_sensor(sources, ingest_jobs),
             sensors.retraining_trigger,
+            sensors.challenger_evidence,
             sensors.run_failure_alerts,
         ],
         schedules=[schedules.nightly_monitoring, schedules.weekly_retrain, schedules.weekly_retention],

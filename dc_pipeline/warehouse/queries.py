@@ -68,3 +68,15 @@ def labelled_predictions(conn, versions: tuple[str, ...] | None = None, answered
         f"WHERE label IS NOT NULL GROUP BY sha256) i ON i.sha256 = p.image_sha256 WHERE {' AND '.join(where)}",
         params,
     ).df()
+
+
+def labelled_prediction_counts(conn, versions: tuple[str, ...]) -> dict[str, int]:
+    """How many requests each of ``versions`` scored (answered or shadow) whose images have a label by now."""
+    marks = ", ".join("?" for _ in versions)
+    rows = conn.execute(
+        f"SELECT p.model_version, count(DISTINCT p.request_id) FROM {T.SERVED_PREDICTIONS} p "
+        f"WHERE p.model_version IN ({marks}) AND p.image_sha256 IN "
+        f"(SELECT sha256 FROM {T.CLEAN_IMAGES} WHERE label IS NOT NULL) GROUP BY p.model_version",
+        list(versions),
+    ).fetchall()
+    return {version: int(n) for version, n in rows}

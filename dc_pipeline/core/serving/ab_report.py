@@ -173,3 +173,16 @@ def live_comparison(
         {k: float(v) for k, v in est_a.items()},
         {k: float(v) for k, v in est_b.items()},
     )
+
+
+def evidence_milestone(labelled: int, minimum: int) -> int | None:
+    """The largest of ``minimum``, 2 x ``minimum``, 4 x ``minimum``, ... that ``labelled`` predictions reach
+    (None below ``minimum``): the points at which the evidence is worth judging again, each once."""
+    if minimum < 1:
+        raise ValueError("the minimum number of labelled predictions must be at least 1")
+    if labelled < minimum:
+        return None
+    milestone = minimum
+    while milestone * 2 <= labelled:
+        milestone *= 2
+    return milestone

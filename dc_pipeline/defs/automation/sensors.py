@@ -1,4 +1,5 @@
-"""Sensors: new landing batches, retraining on drift or new data, failed runs."""
+"""Sensors: new landing batches, retraining on drift or new data, the scoring service's evidence on the
+challenger, failed runs."""
 
 import json
 from datetime import datetime
@@ -18,7 +19,9 @@ from dagster import (
 )
 
 from dc_pipeline.catalog import (
+    CHALLENGER_EVIDENCE,
     FAILURE_ALERTS,
+    JUDGE_JOB,
     LANDING_SENSOR,
     RETRAIN_JOB,
     RETRAINING_TRIGGER,
@@ -291,6 +294,51 @@ def _retraining_tick(context, warehouse: Warehouse, datasets, policy, now):
             )
         ],
         cursor=cursor,
+    )
+
+
+JUDGE_MIN_LABELLED = 100
+"""Labelled predictions each model needs before the challenger is judged on them (the gate's default)."""
+
+
+@sensor(
+    name=CHALLENGER_EVIDENCE,
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.STOPPED,
+    job_name=JUDGE_JOB,
+    description=(
+        "For a staged roll-out (the gate's require_live_evidence): requests judge_challenger when the scoring "
+        "service has scored both the challenger and the champion on 100 images that have a label by now, and "
+        "again at 200, 400, ... (each milestone once per pair of models), from serving.predictions as the "
+        "serving_report job or the nightly sweep took it in. Stopped by default: start it in the UI."
+    ),
+)
+def challenger_evidence(context: SensorEvaluationContext, warehouse: Warehouse):
+    from dc_pipeline.core.serving.ab_report import evidence_milestone
+    from dc_pipeline.warehouse.connect import WarehouseBusy
+    from dc_pipeline.warehouse.queries import labelled_prediction_counts
+
+    active = context.instance.get_runs(RunsFilter(job_name=JUDGE_JOB, statuses=ACTIVE), limit=1)
+    if active:
+        return SkipReason(f"a judgement is already {active[0].status.value.lower()}: {active[0].run_id}")
+    try:
+        with warehouse.get_connection(wait_seconds=15) as conn:
+            aliases = dict(conn.execute(f"SELECT alias, version_id FROM {T.ALIASES}").fetchall())
+            challenger, champion = aliases.get("challenger"), aliases.get("champion")
+            if not challenger or not champion or challenger == champion:
+                return SkipReason("no challenger to judge: it is the champion, or there is none yet")
+            counts = labelled_prediction_counts(conn, (challenger, champion))
+    except WarehouseBusy as exc:
+        return SkipReason(f"warehouse busy: {exc}")
+    labelled = min(counts.get(challenger, 0), counts.get(champion, 0))
+    milestone = evidence_milestone(labelled, JUDGE_MIN_LABELLED)
+    figures = f"challenger {challenger} {counts.get(challenger, 0)}, champion {champion} {counts.get(champion, 0)}"
+    if milestone is None:
+        return SkipReason(f"not enough labelled predictions yet ({JUDGE_MIN_LABELLED} each needed): {figures}")
+    context.log.info(f"requesting judge_challenger at {milestone} labelled predictions each: {figures}")
+    return RunRequest(
+        run_key=f"judge:{challenger}:{champion}:{milestone}",
+        tags={"dc/live_labelled": str(labelled), "dc/challenger": challenger, "dc/champion": champion},
     )
 
 

@@ -66,6 +66,42 @@ def test_drifted_batch_is_ingested_scored_reported_and_triggers_retraining(pipel
     assert not isinstance(trigger, SkipReason) and len(trigger.run_requests) == 1
     assert rotated.name in trigger.run_requests[0].tags["dc/retrain_reason"]
 
+    # A new champion (here: the old weights nudged, registered and promoted by hand). A report made again for
+    # the rotated batch keeps the model it was judged against, unless asked for today's champion.
+    from dagster import materialize
+
+    from dc_pipeline.catalog import drift_key
+    from dc_pipeline.core.ml.registry import Registry
+    from dc_pipeline.warehouse.connect import connect
+
+    old = pipeline.sql("SELECT version_id FROM registry.aliases WHERE alias = 'champion'").version_id.item()
+    with connect(pipeline.data / "warehouse.duckdb", pipeline.data) as conn:
+        registry = Registry(conn, pipeline.data / "artifacts")
+        record, state = registry.load_weights(old)
+        nudged = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}
+        code = {"commit": record["code_commit"], "dirty": False, "label": "test"}
+        new, _ = registry.register(
+            "augmix", nudged, dataset_hash=record["dataset_hash"], code=code, config={}, seed=0,
+            model_spec=record["model_spec"], run_id=None,
+        )  # fmt: skip
+        registry.set_alias("champion", new, "a test's new champion")
+    drift = pipeline.defs.get_assets_def(drift_key("partner_api"))
+    op = drift.node_def.name
+    for reference, expected in (("previous", old), ("champion", new)):
+        again = materialize(
+            [drift],
+            partition_key=rotated.name,
+            instance=pipeline.instance,
+            resources=resources,
+            run_config={"ops": {op: {"config": {"reference": reference}}}},
+        )
+        assert again.success
+        meta = again.asset_materializations_for_node(op)[0].metadata
+        verdict = pipeline.sql("SELECT model_version FROM monitoring.drift_verdicts WHERE batch_id = ?", [rotated.name])
+        assert verdict.model_version.item() == meta["model_version"].value == expected, reference
+        kept = f"model {old}, kept from this batch's existing report" in meta["reference"].value
+        assert kept == (reference == "previous"), meta["reference"].value
+
 
 def test_new_data_share_triggers_retraining(pipeline):
     pipeline.ingest("field_app", "batch-0001")

@@ -1,8 +1,10 @@
 """Monitoring stage: per landing batch, a drift report against the champion's training data; the overview."""
 
 from datetime import UTC
+from typing import Literal
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from dc_pipeline.catalog import (
     CHAMPION,
@@ -26,6 +28,16 @@ DRIFT_VERDICTS = T.DRIFT_VERDICTS
 MIN_SOURCE_REFERENCE = 100  # reference images of the batch's own source needed to compare within the source
 
 
+class DriftConfig(Config):
+    reference: Literal["previous", "champion"] = Field(
+        default="previous",
+        description="The model whose training data a batch is compared with when its report is made again: "
+        "`previous`, the model its existing report was judged against (its verdict stays comparable after a "
+        "retrain, which may have trained on this very batch); `champion`, today's champion. A batch judged for "
+        "the first time is always compared with the champion.",
+    )
+
+
 def build_drift(source: str) -> list:
     partitions = batches_of(source)
 
@@ -45,11 +57,12 @@ def build_drift(source: str) -> list:
             "the champion's embeddings (subsampled); the champion's confidence and class mix against "
             "the test split, and its error where the batch has labels. Every value goes to "
             "monitoring.drift_history with the verdict (none / warn / drift) and its thresholds; an "
-            "HTML report is written under data/reports/."
+            "HTML report is written under data/reports/. A report made again for the same batch keeps the model "
+            "it was judged against (config `reference`)."
         ),
     )
-    def drift_report(context: AssetExecutionContext, lake: DataLake, warehouse: Warehouse):
-        return run_drift_report(context, source, context.partition_key, lake, warehouse)
+    def drift_report(context: AssetExecutionContext, config: DriftConfig, lake: DataLake, warehouse: Warehouse):
+        return run_drift_report(context, source, context.partition_key, lake, warehouse, config.reference)
 
     return [drift_report]
 
@@ -201,8 +214,31 @@ def batch_label_indices(labels, classes: list[int]) -> list | None:
     return [lookup[int(v)] if ok else None for v, ok in zip(labels, present)]
 
 
-def run_drift_report(context, source: str, batch_id: str, lake: DataLake, warehouse: Warehouse):
-    """Read the batch and the champion's reference, call the drift core, store and render the report."""
+def previous_reference_model(conn, lake: DataLake, source: str, batch_id: str, champion: str, log):
+    """The model a batch's existing report was judged against, loaded (weights verified); None when the batch has
+    no report yet, that model is the ``champion``, or it can no longer be loaded (then the champion is used, and
+    the log says why)."""
+    from dc_pipeline.core.ml.inference import build_loaded
+    from dc_pipeline.core.ml.registry import Registry, RegistryError
+
+    row = conn.execute(
+        f"SELECT model_version FROM {DRIFT_VERDICTS} WHERE source = ? AND batch_id = ?", [source, batch_id]
+    ).fetchall()
+    if not row or row[0][0] in (None, champion):
+        return None
+    try:
+        return build_loaded(*Registry(conn, lake.artifacts).load_weights(row[0][0]))
+    except (RegistryError, OSError) as exc:
+        log.warning(f"the model {row[0][0]} this batch was last judged against cannot be loaded ({exc}): "
+                    "comparing it with the champion's training data instead")  # fmt: skip
+        return None
+
+
+def run_drift_report(
+    context, source: str, batch_id: str, lake: DataLake, warehouse: Warehouse, reference_model: str = "previous"
+):
+    """Read the batch and its reference model's training data (the champion, or the model an earlier report of
+    this batch used), call the drift core, store and render the report."""
     import json
     from datetime import datetime
 
@@ -227,8 +263,12 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
                     "reason": "no champion model yet",
                 }
             )
+        previous = None
+        if reference_model == "previous":
+            previous = previous_reference_model(conn, lake, source, batch_id, champion.version_id, context.log)
+        kept, model = previous is not None, previous or champion  # the reference model
         rows = accepted_batch(conn, source, batch_id)
-        x = canonical_batch(rows, lake, champion.input_size)
+        x = canonical_batch(rows, lake, model.input_size)
         schema = conn.execute(
             "SELECT status, messages, changed_from_previous, schema_hash FROM raw.schema_history "
             "WHERE source = ? AND batch_id = ? ORDER BY observed_at DESC LIMIT 1",
@@ -242,27 +282,29 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
                 "reason": "no accepted images in this batch",
             }
         )
-    version = open_version(lake.datasets, champion.record["dataset_hash"])
+    version = open_version(lake.datasets, model.record["dataset_hash"])
     (x_ref, y_ref), (x_test, y_test) = version.split("train"), version.split("test")
     index = version.index()
     ref_sources = index[index.split == "train"].sort_values("position")["source"].to_numpy()
     # Sources deliver at different resolutions, which shows in sharpness and edge statistics: compare a
     # batch with the reference images of its own source when there are enough of them.
     same = ref_sources == source
-    reference = f"training split of {champion.record['dataset_hash'][:12]}"
+    reference = f"training split of {model.record['dataset_hash'][:12]}"
     if same.sum() >= MIN_SOURCE_REFERENCE:
         x_ref, y_ref, ref_sources = x_ref[same], y_ref[same], ref_sources[same]
         reference += f", source {source} ({int(same.sum())} images)"
     else:
         reference += f", all sources ({len(y_ref)} images; {int(same.sum())} from {source})"
-    classes = champion.classes
+    if kept:
+        reference += f"; model {model.version_id}, kept from this batch's existing report (reference: previous)"
+    classes = model.classes
     ref_stats, cur_stats = image_statistics(x_ref), image_statistics(x)
-    test_probs, cur_probs = champion.predict_canonical(x_test), champion.predict_canonical(x)
+    test_probs, cur_probs = model.predict_canonical(x_test), model.predict_canonical(x)
     report = drift_report(
         ref_stats,
         cur_stats,
-        ref_emb=champion.embed_canonical(x_ref),
-        cur_emb=champion.embed_canonical(x),
+        ref_emb=model.embed_canonical(x_ref),
+        cur_emb=model.embed_canonical(x),
         ref_probs=test_probs,
         cur_probs=cur_probs,
         ref_labels=class_index(y_ref, classes),
@@ -298,8 +340,8 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
     history = pd.concat([history, schema_rows], ignore_index=True)
     history.insert(0, "batch_id", batch_id)
     history.insert(0, "source", source)
-    history["reference_dataset"] = champion.record["dataset_hash"]
-    history["model_version"] = champion.version_id
+    history["reference_dataset"] = model.record["dataset_hash"]
+    history["model_version"] = model.version_id
     history["reported_at"] = now
     for col in history.columns:  # fixed column types, whatever this batch's values happen to be
         if col in ("value", "p_value", "p_adjusted", "threshold"):
@@ -317,8 +359,8 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
                 "reference": reference,
                 "reasons": json.dumps(report.reasons),
                 "thresholds": json.dumps(report.thresholds),
-                "reference_dataset": champion.record["dataset_hash"],
-                "model_version": champion.version_id,
+                "reference_dataset": model.record["dataset_hash"],
+                "model_version": model.version_id,
                 "images": int(len(rows)),
                 "reported_at": now,
             }
@@ -361,7 +403,7 @@ def run_drift_report(context, source: str, batch_id: str, lake: DataLake, wareho
             "html_report": MetadataValue.path(lake.relative(html_path)),
             "images": int(len(rows)),
             "reference": reference,
-            "model_version": champion.version_id,
+            "model_version": model.version_id,
             "thresholds": MetadataValue.json(plain(report.thresholds)),
             "report": MetadataValue.md(tidy_markdown(report.markdown())),
         }

@@ -19,8 +19,9 @@ PG_PORT ?= 5433
 REDIS_PORT ?= 6380
 S3_PORT ?= 9100
 CLUSTER_UI_PORT ?= 3001
+CLUSTER_VIEWER_PORT ?= 3002
 CLUSTER_ARGS = --dir $(CLUSTER_DIR) --data-dir $(CLUSTER_DATA) --pg-port $(PG_PORT) --redis-port $(REDIS_PORT) \
-  --s3-port $(S3_PORT) --ui-port $(CLUSTER_UI_PORT)
+  --s3-port $(S3_PORT) --ui-port $(CLUSTER_UI_PORT) --viewer-port $(CLUSTER_VIEWER_PORT)
 
 .venv/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || python3.11 -m venv .venv

@@ -236,6 +236,13 @@ def test_readers_log_in_as_a_role_that_may_only_read(cluster):
             owners = dict(cur.fetchall())
         assert set(owners) == {WRITER}, (db, owners)
     assert "password: {env: DAGSTER_PG_PASSWORD}" in (cluster.dagster_home / "dagster.yaml").read_text()
+    # the viewers' UI next to the operators': the same instance, and nothing can be launched or changed
+    from dc_pipeline.ops.webui import graphql
+
+    for port, allowed in ((cluster.viewer_port, False), (cluster.ui_port, True)):
+        permissions = graphql(f"http://{HOST}:{port}", "{ permissions { permission value } }")["data"]["permissions"]
+        granted = {p["permission"]: p["value"] for p in permissions}
+        assert granted["launch_pipeline_execution"] is allowed and granted["wipe_assets"] is allowed, port
     assert {oct(f.stat().st_mode & 0o777) for f in (cluster.env_file, cluster.passwords_file)} == {"0o600"}
 
 

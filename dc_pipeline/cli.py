@@ -183,6 +183,7 @@ def cluster_from(args, s: Settings):
         redis_port=args.redis_port,
         s3_port=args.s3_port,
         ui_port=args.ui_port,
+        viewer_port=args.viewer_port,
         accelerator_queue=s.accelerator_queue,
     )
 
@@ -192,7 +193,8 @@ def cmd_cluster(args, s: Settings) -> int:
     if args.action == "up":
         cluster.up()
         print(
-            f"cluster up: UI http://127.0.0.1:{cluster.ui_port}, logs {cluster.logs}; its variables: {cluster.env_file}"
+            f"cluster up: UI http://127.0.0.1:{cluster.ui_port}, viewers' (read-only) UI "
+            f"http://127.0.0.1:{cluster.viewer_port}, logs {cluster.logs}; its variables: {cluster.env_file}"
         )
     elif args.action == "down":
         print("stopped: " + ", ".join(cluster.down()))
@@ -281,6 +283,7 @@ def build_parser(s: Settings) -> argparse.ArgumentParser:
     p.add_argument("--redis-port", type=int, default=6380)
     p.add_argument("--s3-port", type=int, default=9100)
     p.add_argument("--ui-port", type=int, default=3001)
+    p.add_argument("--viewer-port", type=int, default=3002, help="the viewers' UI (dagster-webserver --read-only)")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("settings", help="print the resolved settings (exported variables over .env)")

@@ -58,6 +58,7 @@ class LocalCluster:
     redis_port: int = 6380
     s3_port: int = 9100
     ui_port: int = 3001
+    viewer_port: int = 3002  # the viewers' UI: dagster-webserver --read-only
     accelerator_queue: str = "gpu"
     free_slots_after_run_end_seconds: int = 60
     max_concurrent_runs: int = 4
@@ -71,7 +72,7 @@ class LocalCluster:
     @classmethod
     def on_free_ports(cls, folder: Path, **settings) -> LocalCluster:
         """A cluster in ``folder`` (data in ``folder/data``) on loopback ports that are free now."""
-        ports = {k: free_port() for k in ("pg_port", "redis_port", "s3_port", "ui_port")}
+        ports = {k: free_port() for k in ("pg_port", "redis_port", "s3_port", "ui_port", "viewer_port")}
         return cls(folder=folder, data_dir=Path(folder) / "data", **ports, **settings)
 
     # -- layout ----------------------------------------------------------------------------------------
@@ -314,8 +315,11 @@ host warehouse {READER} {HOST}/32 scram-sha-256
     def start_dagster(self) -> None:
         workspace = ["-m", "dc_pipeline.definitions"]
         self._spawn("daemon", [self._bin("dagster-daemon"), "run", *workspace])
-        self._spawn("webserver", [self._bin("dagster-webserver"), "-h", HOST, "-p", str(self.ui_port), *workspace])
+        webserver = [self._bin("dagster-webserver"), "-h", HOST]
+        self._spawn("webserver", [*webserver, "-p", str(self.ui_port), *workspace])
+        self._spawn("viewer", [*webserver, "-p", str(self.viewer_port), "--read-only", *workspace])
         wait_for_port(self.ui_port, timeout=180)
+        wait_for_port(self.viewer_port, timeout=180)
 
     def migrate_warehouse(self) -> None:
         """The warehouse's tables, before any worker opens it (migrations are not for two processes at once)."""
@@ -348,7 +352,7 @@ host warehouse {READER} {HOST}/32 scram-sha-256
         """Stop everything ``up`` started: the Dagster processes and workers first, then the servers they use,
         each group at once; returns their names."""
         stopped = []
-        dagster = ["webserver", "daemon", *[w.name for w in self.workers]]
+        dagster = ["webserver", "viewer", "daemon", *[w.name for w in self.workers]]
         for group in (dagster, ["s3", "redis"]):
             pids = {}
             for name in group:

@@ -326,8 +326,7 @@ def live_failures(live: LiveComparison, policy: GatePolicy) -> list[str]:
             side = "above" if worse > 0 else "below"
             failures.append(
                 f"{name} is worse beyond noise in the scoring service: challenger - champion "
-                f"{d.text(signed=True)} ({live.design}, {live.n_challenger} and {live.n_champion} labelled "
-                f"predictions) lies wholly {side} {worse * allowed:+.4f}"
+                f"{d.text(signed=True)} ({live.sample}) lies wholly {side} {worse * allowed:+.4f}"
             )
     return failures
 
@@ -406,8 +405,7 @@ def promotion_decision(
             "then run judge_challenger)"
         )
     live_text = (
-        f"; in the scoring service ({live.design}, {live.n_challenger} and {live.n_champion} labelled predictions) "
-        f"error difference {live.difference['error'].text(signed=True)}"
+        f"; in the scoring service ({live.sample}) error difference {live.difference['error'].text(signed=True)}"
         if live is not None and reads_live
         else ""
     )

@@ -69,6 +69,11 @@ class LiveComparison:
     challenger_figures: dict[str, float]
     champion_figures: dict[str, float]
 
+    @property
+    def sample(self) -> str:
+        """What the comparison rests on, for verdicts: design and labelled predictions per model."""
+        return f"{self.design}, {self.n_challenger} and {self.n_champion} labelled predictions"
+
     def as_dict(self) -> dict:
         return {
             "design": self.design,
@@ -83,12 +88,11 @@ class LiveComparison:
 def _figures(wrong: np.ndarray, accepted: np.ndarray) -> dict[str, np.ndarray]:
     """Error, automation rate and error among auto-accepted, over the last axis (``[N]`` or ``[R, N]``)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = {
+        return {
             "error": wrong.mean(axis=-1),
             "automation_rate": accepted.mean(axis=-1),
             "accepted_error": (wrong * accepted).sum(axis=-1) / accepted.sum(axis=-1),
         }
-    return values
 
 
 def resampled_figures(
@@ -137,9 +141,10 @@ def live_comparison(
     ``predicted_class``, ``routing``, ``label``), answered or shadow. None when either model has fewer than
     ``min_labelled`` of them. When at least ``min_labelled`` requests were scored by both (shadow mode), the
     comparison is paired on those requests; otherwise (a split) each model's requests are resampled apart."""
+    min_labelled = max(min_labelled, 1)
     rows = scored.drop_duplicates(["request_id", "model_version"])
     mine, theirs = (rows[rows.model_version == v].set_index("request_id") for v in (challenger, champion))
-    if min(len(mine), len(theirs)) < max(min_labelled, 1):
+    if min(len(mine), len(theirs)) < min_labelled:
         return None
 
     def outcome(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -147,18 +152,15 @@ def live_comparison(
         return wrong, (frame["routing"].to_numpy() == "auto_accept").astype(float)
 
     shared = mine.index.intersection(theirs.index)
-    design = "paired" if len(shared) >= max(min_labelled, 1) else "independent"
-    if design == "paired":
+    paired = len(shared) >= min_labelled
+    if paired:
         mine, theirs = mine.loc[shared], theirs.loc[shared]
-    (wa, aa), (wb, ab) = outcome(mine), outcome(theirs)
-    est_a, est_b = _figures(wa, aa), _figures(wb, ab)
-    if design == "paired":
-        draws_a, draws_b = resampled_figures([(wa, aa), (wb, ab)], resamples, seed)
+    a, b = outcome(mine), outcome(theirs)
+    est_a, est_b = _figures(*a), _figures(*b)
+    if paired:
+        draws_a, draws_b = resampled_figures([a, b], resamples, seed)
     else:
-        (draws_a,), (draws_b,) = (
-            resampled_figures([(wa, aa)], resamples, seed),
-            resampled_figures([(wb, ab)], resamples, seed + 1),
-        )
+        (draws_a,), (draws_b,) = resampled_figures([a], resamples, seed), resampled_figures([b], resamples, seed + 1)
     difference = {
         k: _interval(float(est_a[k] - est_b[k]), draws_a[k] - draws_b[k], level)
         for k in ("error", "automation_rate", "accepted_error")
@@ -166,7 +168,7 @@ def live_comparison(
     return LiveComparison(
         challenger,
         champion,
-        design,
+        "paired" if paired else "independent",
         len(mine),
         len(theirs),
         difference,

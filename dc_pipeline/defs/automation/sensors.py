@@ -297,10 +297,6 @@ def _retraining_tick(context, warehouse: Warehouse, datasets, policy, now):
     )
 
 
-JUDGE_MIN_LABELLED = 100
-"""Labelled predictions each model needs before the challenger is judged on them (the gate's default)."""
-
-
 @sensor(
     name=CHALLENGER_EVIDENCE,
     minimum_interval_seconds=600,
@@ -314,6 +310,7 @@ JUDGE_MIN_LABELLED = 100
     ),
 )
 def challenger_evidence(context: SensorEvaluationContext, warehouse: Warehouse):
+    from dc_pipeline.core.ml.registry import GatePolicy
     from dc_pipeline.core.serving.ab_report import evidence_milestone
     from dc_pipeline.warehouse.connect import WarehouseBusy
     from dc_pipeline.warehouse.queries import labelled_prediction_counts
@@ -331,10 +328,11 @@ def challenger_evidence(context: SensorEvaluationContext, warehouse: Warehouse):
     except WarehouseBusy as exc:
         return SkipReason(f"warehouse busy: {exc}")
     labelled = min(counts.get(challenger, 0), counts.get(champion, 0))
-    milestone = evidence_milestone(labelled, JUDGE_MIN_LABELLED)
+    minimum = GatePolicy.live_min_labelled  # the gate's default: the first point its evidence counts
+    milestone = evidence_milestone(labelled, minimum)
     figures = f"challenger {challenger} {counts.get(challenger, 0)}, champion {champion} {counts.get(champion, 0)}"
     if milestone is None:
-        return SkipReason(f"not enough labelled predictions yet ({JUDGE_MIN_LABELLED} each needed): {figures}")
+        return SkipReason(f"not enough labelled predictions yet ({minimum} each needed): {figures}")
     context.log.info(f"requesting judge_challenger at {milestone} labelled predictions each: {figures}")
     return RunRequest(
         run_key=f"judge:{challenger}:{champion}:{milestone}",

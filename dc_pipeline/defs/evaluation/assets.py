@@ -390,9 +390,8 @@ def live_summary(live, policy) -> str:
         return (
             f"not enough yet: each model needs {policy.live_min_labelled} labelled predictions in serving.predictions"
         )
-    return (
-        f"{live.design}, {live.n_challenger} and {live.n_champion} labelled predictions; challenger - champion: "
-        + ", ".join(f"{k.replace('_', ' ')} {v.text(signed=True)}" for k, v in live.difference.items())
+    return f"{live.sample}; challenger - champion: " + ", ".join(
+        f"{k.replace('_', ' ')} {v.text(signed=True)}" for k, v in live.difference.items()
     )
 
 

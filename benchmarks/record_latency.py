@@ -32,7 +32,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dc_pipeline.ops.cluster import free_port  # noqa: E402
+from dc_pipeline.ops.loopback import free_port  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "record_latency.md"
 TOKEN = "bench-" + "r" * 24

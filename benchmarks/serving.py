@@ -33,7 +33,7 @@ from sklearn.datasets import load_digits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dc_pipeline.core.ml.registry import Registry  # noqa: E402
 from dc_pipeline.core.ml.training import build_model  # noqa: E402
-from dc_pipeline.ops.cluster import free_port  # noqa: E402
+from dc_pipeline.ops.loopback import free_port  # noqa: E402
 from dc_pipeline.warehouse.connect import connect  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.md"

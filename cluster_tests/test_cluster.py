@@ -237,9 +237,10 @@ def test_readers_log_in_as_a_role_that_may_only_read(cluster):
         assert set(owners) == {WRITER}, (db, owners)
     assert "password: {env: DAGSTER_PG_PASSWORD}" in (cluster.dagster_home / "dagster.yaml").read_text()
     # the viewers' UI next to the operators': the same instance, and nothing can be launched or changed
-    from dc_pipeline.ops.webui import graphql
+    from dc_pipeline.ops.loopback import graphql
 
-    for port, allowed in ((cluster.viewer_port, False), (cluster.ui_port, True)):
+    for name, port, allowed in (("viewer", cluster.viewer_port, False), ("webserver", cluster.ui_port, True)):
+        assert cluster.running()[name], logs_tail(cluster)
         permissions = graphql(f"http://{HOST}:{port}", "{ permissions { permission value } }")["data"]["permissions"]
         granted = {p["permission"]: p["value"] for p in permissions}
         assert granted["launch_pipeline_execution"] is allowed and granted["wipe_assets"] is allowed, port

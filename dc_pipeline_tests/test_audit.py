@@ -98,7 +98,8 @@ def test_run_actors_and_the_commands_tag() -> None:
 
 def test_the_viewers_ui_is_read_only(tmp_path) -> None:
     """`dc-pipeline ui --viewer-port` serves this: the same code and instance, and nothing can be launched."""
-    from dc_pipeline.ops.webui import graphql, served_ui
+    from dc_pipeline.ops.loopback import graphql
+    from dc_pipeline.ops.webui import served_ui
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -2,10 +2,8 @@
 127.0.0.1): the same code paths as on the local disk, the same stored relative paths, the same refusals."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -17,20 +15,15 @@ from dc_pipeline.core.data.dataset_store import DatasetStore, open_version
 from dc_pipeline.core.data.retention import prune_versions
 from dc_pipeline.core.ml.registry import Registry, RegistryError
 from dc_pipeline.core.storage import Location, OutsideStorageRoot, storage_root
+from dc_pipeline.ops.loopback import free_port, wait_for_port
 from dc_pipeline.warehouse.migrations import WAREHOUSE, migrate
 
 BUCKET = "dc-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -39,10 +32,7 @@ def s3_endpoint():
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1")
     try:
-        deadline = time.monotonic() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
+        wait_for_port(port, timeout=30, pid=server.pid)
         endpoint = f"http://127.0.0.1:{port}"
         import boto3
 

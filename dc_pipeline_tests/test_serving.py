@@ -25,7 +25,7 @@ from dc_pipeline.core.ml.training import build_model
 from dc_pipeline.core.serving.ab import ABPolicy
 from dc_pipeline.core.serving.prediction_log import PredictionLog
 from dc_pipeline.core.serving.requests import BadRequest, RequestLimits, decode_request
-from dc_pipeline.ops.cluster import free_port
+from dc_pipeline.ops.loopback import free_port
 from dc_pipeline.serving.app import PREDICTIONS_FOLDER, ServiceConfig, create_app, registry_follower
 from dc_pipeline.settings import Settings
 from dc_pipeline.warehouse.connect import connect

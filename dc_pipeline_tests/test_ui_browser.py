@@ -14,9 +14,10 @@ from dc_pipeline.cli import main
 from dc_pipeline.defs import build_definitions
 from dc_pipeline.defs.resources import resources_for
 from dc_pipeline.demo.batches import write_demo_batch
+from dc_pipeline.ops.loopback import graphql
 from dc_pipeline.ops.materialize import materialize_all
 from dc_pipeline.ops.review import simulate_review
-from dc_pipeline.ops.webui import CHROMIUM, chromium, graphql, served_ui, visit
+from dc_pipeline.ops.webui import CHROMIUM, chromium, served_ui, visit
 
 from .conftest import tiny_run_config
 

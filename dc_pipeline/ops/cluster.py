@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dc_pipeline.core.atomic import process_alive
+from dc_pipeline.ops.loopback import HOST, free_ports, wait_for_location, wait_for_port
 
-HOST = "127.0.0.1"
 BUCKET = "dc-pipeline"
 DATABASES = ("dagster", "warehouse")
 WRITER = "dc_pipeline_writer"
@@ -72,7 +71,8 @@ class LocalCluster:
     @classmethod
     def on_free_ports(cls, folder: Path, **settings) -> LocalCluster:
         """A cluster in ``folder`` (data in ``folder/data``) on loopback ports that are free now."""
-        ports = {k: free_port() for k in ("pg_port", "redis_port", "s3_port", "ui_port", "viewer_port")}
+        names = ("pg_port", "redis_port", "s3_port", "ui_port", "viewer_port")
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         return cls(folder=folder, data_dir=Path(folder) / "data", **ports, **settings)
 
     # -- layout ----------------------------------------------------------------------------------------
@@ -285,8 +285,8 @@ host warehouse {READER} {HOST}/32 scram-sha-256
         subprocess.run(cmd, capture_output=True, check=False)
 
     def start_object_store(self) -> None:
-        self._spawn("s3", [self._bin("moto_server"), "-H", HOST, "-p", str(self.s3_port)])
-        wait_for_port(self.s3_port)
+        pid = self._spawn("s3", [self._bin("moto_server"), "-H", HOST, "-p", str(self.s3_port)])
+        wait_for_port(self.s3_port, pid=pid, log_file=self.logs / "s3.log")
         import boto3
 
         env = self.env()
@@ -302,8 +302,8 @@ host warehouse {READER} {HOST}/32 scram-sha-256
 
     def start_redis(self) -> None:
         argv = [redis_server(), "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        self._spawn("redis", [*argv, "--dir", str(self.folder)])
-        wait_for_port(self.redis_port)
+        pid = self._spawn("redis", [*argv, "--dir", str(self.folder)])
+        wait_for_port(self.redis_port, pid=pid, log_file=self.logs / "redis.log")
 
     def start_workers(self) -> None:
         for w in self.workers:
@@ -316,10 +316,10 @@ host warehouse {READER} {HOST}/32 scram-sha-256
         workspace = ["-m", "dc_pipeline.definitions"]
         self._spawn("daemon", [self._bin("dagster-daemon"), "run", *workspace])
         webserver = [self._bin("dagster-webserver"), "-h", HOST]
-        self._spawn("webserver", [*webserver, "-p", str(self.ui_port), *workspace])
-        self._spawn("viewer", [*webserver, "-p", str(self.viewer_port), "--read-only", *workspace])
-        wait_for_port(self.ui_port, timeout=180)
-        wait_for_port(self.viewer_port, timeout=180)
+        operators = self._spawn("webserver", [*webserver, "-p", str(self.ui_port), *workspace])
+        viewers = self._spawn("viewer", [*webserver, "-p", str(self.viewer_port), "--read-only", *workspace])
+        for name, pid, port in (("webserver", operators, self.ui_port), ("viewer", viewers, self.viewer_port)):
+            wait_for_location(f"http://{HOST}:{port}", timeout=240, pid=pid, log_file=self.logs / f"{name}.log")
 
     def migrate_warehouse(self) -> None:
         """The warehouse's tables, before any worker opens it (migrations are not for two processes at once)."""
@@ -415,17 +415,6 @@ def redis_server() -> str:
     return found
 
 
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(1)
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
-
-
 def stop_groups(pids: list[int], timeout: float = 15.0) -> None:
     """SIGTERM to the process groups the ``pids`` lead, SIGKILL to those left after ``timeout``."""
 
@@ -449,9 +438,3 @@ def stop_groups(pids: list[int], timeout: float = 15.0) -> None:
             pids = signal_all(0)
         if not pids:
             return
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]

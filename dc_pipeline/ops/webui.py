@@ -3,18 +3,16 @@ Playwright (the browser test and the README's screenshots)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from dc_pipeline.catalog import CODE_LOCATION
-from dc_pipeline.ops.cluster import HOST, free_port, stop_groups
+from dc_pipeline.ops.cluster import stop_groups
+from dc_pipeline.ops.loopback import HOST, free_port, wait_for_location
 
 CHROMIUM = "/usr/bin/chromium"
 """Debian's Chromium (``apt-get install chromium``): browser downloads do not work on every machine."""
@@ -28,38 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 """Headless on a machine with a closed network: no background connections, no sandbox (CI runs as root)."""
-
-LOCATION_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-LOCATION_QUERY += "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
-
-
-def graphql(url: str, query: str, variables: Mapping | None = None, timeout: float = 30.0) -> dict:
-    """A query to the webserver at ``url`` (loopback): the decoded JSON answer."""
-    request = urllib.request.Request(  # noqa: S310 (an http URL this module built)
-        f"{url}/graphql",
-        data=json.dumps({"query": query, "variables": dict(variables or {})}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        return json.loads(response.read())
-
-
-def wait_for_location(url: str, timeout: float = 180.0) -> None:
-    """Until the webserver answers and the code location has loaded; a load error is raised."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            entries = graphql(url, LOCATION_QUERY)["data"]["workspaceOrError"]["locationEntries"]
-        except OSError:
-            entries = []
-        for entry in entries:
-            if entry["name"] == CODE_LOCATION and entry["loadStatus"] == "LOADED":
-                loaded = entry["locationOrLoadError"]
-                if loaded and loaded["__typename"] == "PythonError":
-                    raise RuntimeError(f"code location failed to load: {loaded['message']}")
-                return
-        time.sleep(1.0)
-    raise TimeoutError(f"the code location did not load at {url} within {timeout:g} s")
 
 
 @contextmanager
@@ -84,7 +50,7 @@ def served_ui(
         )
     try:
         url = f"http://{HOST}:{port}"
-        wait_for_location(url)
+        wait_for_location(url, pid=proc.pid, log_file=log_file)
         yield url
     finally:
         stop_groups([proc.pid])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -384,6 +385,12 @@ def test_a_cluster_folder_of_an_older_version_is_upgraded_in_place():
         subprocess.run(["sh", str(init)], env=env, **run)
         with read_warehouse(old.warehouse_read_url()) as conn:
             assert conn.execute("SELECT count(*) FROM registry.names").fetchall() == [(2,)]
+        # each run sets the passwords again: changed in cluster.env, they are rotated by the next `up`
+        rotated = {**env, "DC_PG_READER_PASSWORD": secrets.token_urlsafe(24)}
+        subprocess.run(["sh", str(init)], env=rotated, **run)
+        pg_connect(old, READER, password=rotated["DC_PG_READER_PASSWORD"]).close()
+        with pytest.raises(psycopg2.OperationalError):
+            pg_connect(old, READER, password=passwords[READER])
         bad = {**env, "DC_PG_READER_PASSWORD": "it's"}
         assert subprocess.run(["sh", str(init)], env=bad, capture_output=True, check=False).returncode != 0
     finally:

@@ -23,20 +23,30 @@ out to every outgoing connection and every ``bind(0)``; a port taken from there 
 client connection before the server binds it (or be connected to itself by a probe)."""
 
 
-def _listen_range() -> tuple[int, int]:
+def _listen_range() -> tuple[int, int] | None:
+    """Where to draw servers' ports: ``LISTEN_PORTS``, or next to the ephemeral range where the two overlap;
+    ``None`` when there is no room outside it (the kernel's ``bind(0)`` is all that is left)."""
     try:
-        low = int(EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        eph_low, eph_high = (int(v) for v in EPHEMERAL_RANGE.read_text().split()[:2])
+    except (OSError, ValueError):
         return LISTEN_PORTS
-    return (LISTEN_PORTS[0], min(LISTEN_PORTS[1], low)) if low > LISTEN_PORTS[0] + 1000 else (1024, low)
+    low, high = LISTEN_PORTS
+    if eph_high < low or eph_low >= high:
+        return LISTEN_PORTS
+    for candidate in ((low, eph_low), (eph_high + 1, min(65536, eph_high + 1 + high - low)), (1024, eph_low)):
+        if candidate[1] - candidate[0] >= 1000:
+            return candidate
+    return None
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports on 127.0.0.1 that nothing is bound to now, outside the ephemeral range."""
-    low, high = _listen_range()
+    """``n`` distinct ports on 127.0.0.1 that nothing is bound to now, outside the ephemeral range where it
+    leaves room."""
+    span = _listen_range()
+    candidates = random.sample(range(*span), k=min(span[1] - span[0], 64 * n)) if span else [0] * (64 * n)
     held: list[socket.socket] = []
     try:
-        for port in random.sample(range(low, high), k=min(high - low, 64 * n)):
+        for port in candidates:
             s = socket.socket()
             try:
                 s.bind((HOST, port))
@@ -49,7 +59,7 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in held:
             s.close()
-    raise OSError(f"no {n} free ports on {HOST} in {low}-{high}")
+    raise OSError(f"no {n} free ports on {HOST}" + (f" in {span[0]}-{span[1] - 1}" if span else ""))
 
 
 def free_port() -> int:
